@@ -1,0 +1,1 @@
+"""Command-line interface: ``xrayage SUBCOMMAND``. Each subcommand lives in its own module."""
