@@ -122,11 +122,13 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     bias_correction: BiasCorrection | None = None
     conformal: ConformalCalibration | None = None
-    limits: list[str] = field(default_factory=lambda: [
-        "Adults (18 y and over) only.",
-        "Frontal (PA/AP) chest radiographs only.",
-        "Research use only; not a medical device.",
-    ])
+    limits: list[str] = field(
+        default_factory=lambda: [
+            "Adults (18 y and over) only.",
+            "Frontal (PA/AP) chest radiographs only.",
+            "Research use only; not a medical device.",
+        ]
+    )
     licence: str = "Apache-2.0"
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -2,8 +2,9 @@
 
 The display pipeline follows DICOM PS3.3 C.11: stored values -> Modality LUT
 (rescale) -> VOI LUT or window -> Presentation (MONOCHROME1 is inverted). Where the
-header carries no VOI transform, a robust percentile window is used instead of the
-full stored range, because raw detector data rarely fills it.
+header carries no VOI transform, 8-bit data keeps its full range (it is already
+display-ready) and deeper data gets a robust percentile window, because raw
+detector data rarely fills its stored range.
 """
 
 from __future__ import annotations
@@ -163,6 +164,11 @@ def to_display(stored: np.ndarray, ds: Dataset) -> np.ndarray:
         if center is not None and width is not None and width >= 1.0:
             function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
             display = _window(values, center, width, function)
+        elif _bits_stored(ds) <= 8:
+            # 8-bit data without a VOI transform is already display-ready: keep its range.
+            ends = apply_modality_lut(np.array([0, 2 ** _bits_stored(ds) - 1]), ds)
+            lo, hi = float(np.min(ends)), float(np.max(ends))
+            display = np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
         else:
             lo, hi = np.percentile(values, PERCENTILE_WINDOW)
             display = np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
@@ -201,20 +207,45 @@ def read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
     Raises
     ------
     XRayAgeInputError
-        If the file is not DICOM, has no or undecodable pixel data, or is too large.
+        If the file is not DICOM, is malformed, has no or undecodable pixel data,
+        or is too large.
     """
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _read_dicom(data, name, max_pixels)
+    except XRayAgeInputError:
+        raise
+    except Exception as exc:
+        # pydicom parses lazily, so a hostile file can fail anywhere, with any error
+        # class. Only the class name is reported: messages may quote header values.
+        raise XRayAgeInputError(f"{name}: malformed DICOM ({type(exc).__name__})") from exc
+
+
+def _read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
+    try:
         ds = pydicom.dcmread(io.BytesIO(data), force=not is_dicom(data))
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError,
-            AttributeError, IndexError, OverflowError, MemoryError) as exc:
-        raise XRayAgeInputError(f"{name}: not a readable DICOM file ({type(exc).__name__})") from exc
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        MemoryError,
+        NotImplementedError,
+    ) as exc:
+        raise XRayAgeInputError(
+            f"{name}: not a readable DICOM file ({type(exc).__name__})"
+        ) from exc
     if "SOPClassUID" not in ds and "Rows" not in ds:
         raise XRayAgeInputError(f"{name}: not a DICOM image (no SOP class, no image module)")
     rows, cols, frames, samples = _check_header(ds, name, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array if frames == 1 else pydicom.pixels.pixel_array(ds, index=0)
+        arr = ds.pixel_array if frames == 1 else pydicom.pixels.pixel_array(ds, index=0)
         arr = np.asarray(arr)
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
         raise XRayAgeInputError(
@@ -222,6 +253,7 @@ def read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
             f"(transfer syntax {getattr(ds.file_meta, 'TransferSyntaxUID', '?')}: "
             f"{type(exc).__name__})"
         ) from exc
+    arr = _mask_bits(arr, ds)
     expected = (rows, cols, 3) if samples == 3 else (rows, cols)
     if arr.shape != expected:
         raise XRayAgeInputError(f"{name}: decoded shape {arr.shape} does not match {expected}")
@@ -264,6 +296,18 @@ def read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
         name=name,
         dataset=header,
     )
+
+
+def _bits_stored(ds: Dataset) -> int:
+    return int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+
+
+def _mask_bits(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Clear bits above BitsStored in unsigned data (overlays or junk in the high bits)."""
+    stored, allocated = int(ds.get("BitsStored") or 0), int(ds.get("BitsAllocated") or 0)
+    if arr.dtype.kind == "u" and 0 < stored < allocated:
+        return arr & np.asarray(2**stored - 1, dtype=arr.dtype)
+    return arr
 
 
 def _uid(ds: Dataset, keyword: str) -> str | None:

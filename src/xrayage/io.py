@@ -121,7 +121,8 @@ def _looks_like_raw_dicom(data: bytes) -> bool:
 def _read_raster(data: bytes, name: str, max_pixels: int) -> Radiograph:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own max_pixels check below replaces PIL's warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             bands = len(image.getbands())
@@ -137,13 +138,24 @@ def _read_raster(data: bytes, name: str, max_pixels: int) -> Radiograph:
             pixels, bits, samples, colour = _raster_pixels(image)
     except ImageTooLargeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: {exc}") from exc
+    except UnidentifiedImageError as exc:
         raise UnsupportedFormatError(
             f"{name}: not a DICOM, PNG or JPEG image ({type(exc).__name__})"
         ) from exc
-    except (OSError, ValueError, SyntaxError, TypeError, IndexError, KeyError, EOFError,
-            MemoryError, ZeroDivisionError, struct.error) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        TypeError,
+        IndexError,
+        KeyError,
+        EOFError,
+        MemoryError,
+        ZeroDivisionError,
+        struct.error,
+    ) as exc:
         raise XRayAgeInputError(f"{name}: corrupt {_format_name(data)} image ({exc})") from exc
     if pixels.ndim != 2 or min(pixels.shape) < 1:
         raise XRayAgeInputError(f"{name}: decoded to an empty image")

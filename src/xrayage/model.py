@@ -75,8 +75,9 @@ class AgeModel:
         Check the ONNX file's sha256 against the card.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], threads: int | None = None,
-                 verify: bool = True) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], threads: int | None = None, verify: bool = True
+    ) -> None:
         import onnxruntime as ort
 
         self.directory = Path(directory)
@@ -91,8 +92,7 @@ class AgeModel:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(onnx_path), options,
-                                                providers=_providers(ort))
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=_providers(ort))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
             raise ModelError(f"cannot load {onnx_path}: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
@@ -106,12 +106,15 @@ class AgeModel:
         keys = [k for k in ("age", "log_var", "cam") if k in self.output_names]
         if not cam:
             keys = [k for k in keys if k != "cam"]
-        values = self.session.run([self.output_names[k] for k in keys],
-                                  {self.input_name: np.ascontiguousarray(batch, np.float32)})
+        values = self.session.run(
+            [self.output_names[k] for k in keys],
+            {self.input_name: np.ascontiguousarray(batch, np.float32)},
+        )
         out = dict(zip(keys, values, strict=True))
         sigma = np.exp(0.5 * out["log_var"].reshape(-1)) if "log_var" in out else None
-        return ModelOutput(age=out["age"].reshape(-1).astype(np.float64), sigma=sigma,
-                           cam=out.get("cam"))
+        return ModelOutput(
+            age=out["age"].reshape(-1).astype(np.float64), sigma=sigma, cam=out.get("cam")
+        )
 
 
 def _providers(ort: object) -> list[str]:
@@ -119,7 +122,8 @@ def _providers(ort: object) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def load_model(name_or_path: str | os.PathLike[str] | None = None,
-               threads: int | None = None) -> AgeModel:
+def load_model(
+    name_or_path: str | os.PathLike[str] | None = None, threads: int | None = None
+) -> AgeModel:
     """Load a bundled model by name, or a model directory (see :class:`AgeModel`)."""
     return AgeModel(resolve_model_dir(name_or_path), threads=threads)

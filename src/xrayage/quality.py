@@ -67,8 +67,9 @@ class QualityReport:
     @property
     def status(self) -> QualityStatus:
         """The worst status among the findings (``ok`` if none)."""
-        return max((f.status for f in self.findings), key=lambda s: s.rank,
-                   default=QualityStatus.OK)
+        return max(
+            (f.status for f in self.findings), key=lambda s: s.rank, default=QualityStatus.OK
+        )
 
     @property
     def reasons(self) -> list[str]:
@@ -97,40 +98,51 @@ def check_header(rg: Radiograph) -> Iterator[QualityFinding]:
         if rg.source_format == "dicom":
             yield QualityFinding("modality_unknown", _WARN, "DICOM has no Modality")
     elif rg.modality in UNCERTAIN_MODALITIES:
-        yield QualityFinding("modality_uncertain", _WARN,
-                             f"Modality {rg.modality} may not be an original radiograph")
+        yield QualityFinding(
+            "modality_uncertain", _WARN, f"Modality {rg.modality} may not be an original radiograph"
+        )
     elif rg.modality not in RADIOGRAPH_MODALITIES:
-        yield QualityFinding("not_radiograph", _REJECT,
-                             f"Modality {rg.modality} is not a projection radiograph")
+        yield QualityFinding(
+            "not_radiograph", _REJECT, f"Modality {rg.modality} is not a projection radiograph"
+        )
     if rg.body_part_examined is None:
         if rg.source_format == "dicom":
             yield QualityFinding("body_part_unknown", _WARN, "DICOM has no BodyPartExamined")
     elif not any(word in rg.body_part_examined for word in CHEST_WORDS):
-        yield QualityFinding("not_chest", _REJECT,
-                             f"BodyPartExamined {rg.body_part_examined} is not the chest")
+        yield QualityFinding(
+            "not_chest", _REJECT, f"BodyPartExamined {rg.body_part_examined} is not the chest"
+        )
     view = rg.view_position
     if view is None:
-        yield QualityFinding("view_unknown", _WARN,
-                             "view position unknown: check that the image is frontal")
+        yield QualityFinding(
+            "view_unknown", _WARN, "view position unknown: check that the image is frontal"
+        )
     elif view in LATERAL_VIEWS or view.startswith("LAT"):
-        yield QualityFinding("lateral_view", _REJECT,
-                             f"view {view} is lateral; the model reads frontal (PA/AP) views")
+        yield QualityFinding(
+            "lateral_view",
+            _REJECT,
+            f"view {view} is lateral; the model reads frontal (PA/AP) views",
+        )
     elif view not in FRONTAL_VIEWS:
         yield QualityFinding("view_uncertain", _WARN, f"view {view} is not a standard PA/AP view")
     if rg.number_of_frames > 1:
-        yield QualityFinding("multi_frame", _REJECT,
-                             f"{rg.number_of_frames} frames; expected a single radiograph")
+        yield QualityFinding(
+            "multi_frame", _REJECT, f"{rg.number_of_frames} frames; expected a single radiograph"
+        )
 
 
 def check_age(rg: Radiograph) -> Iterator[QualityFinding]:
     """Adults only; an unknown age is allowed but no gap can be computed."""
     if rg.age_years is None:
-        yield QualityFinding("age_unknown", _WARN,
-                             "chronological age unknown: no age gap can be computed")
+        yield QualityFinding(
+            "age_unknown", _WARN, "chronological age unknown: no age gap can be computed"
+        )
     elif rg.age_years < MIN_AGE_YEARS:
-        yield QualityFinding("child", _REJECT,
-                             f"age {rg.age_years:.1f} y is under {MIN_AGE_YEARS:.0f}: "
-                             "the model is for adults")
+        yield QualityFinding(
+            "child",
+            _REJECT,
+            f"age {rg.age_years:.1f} y is under {MIN_AGE_YEARS:.0f}: the model is for adults",
+        )
     elif rg.age_years > 110:
         yield QualityFinding("age_implausible", _WARN, f"age {rg.age_years:.1f} y is implausible")
 
@@ -139,21 +151,28 @@ def check_pixels(rg: Radiograph) -> Iterator[QualityFinding]:
     """Size, aspect, contrast and colour of the decoded image."""
     rows, cols = rg.pixels.shape
     if min(rows, cols) < MIN_SIDE_PX:
-        yield QualityFinding("too_small", _REJECT,
-                             f"{rows}x{cols} pixels; at least {MIN_SIDE_PX} px per side needed")
+        yield QualityFinding(
+            "too_small", _REJECT, f"{rows}x{cols} pixels; at least {MIN_SIDE_PX} px per side needed"
+        )
     elif max(rows, cols) / min(rows, cols) > 2.0:
-        yield QualityFinding("aspect_ratio", _WARN,
-                             f"aspect ratio {max(rows, cols) / min(rows, cols):.1f} is unusual "
-                             "for a chest radiograph")
+        yield QualityFinding(
+            "aspect_ratio",
+            _WARN,
+            f"aspect ratio {max(rows, cols) / min(rows, cols):.1f} is unusual "
+            "for a chest radiograph",
+        )
     step = max(1, int(np.sqrt(rows * cols / 250_000)))
     sample = rg.pixels[::step, ::step]
     lo, hi = np.percentile(sample, (1, 99))
     if float(sample.std()) < 0.02 or hi - lo < 0.05:
         yield QualityFinding("blank", _REJECT, "image is nearly constant (empty or saturated)")
     if rg.colour_fraction > 0.002:
-        yield QualityFinding("colour", _WARN,
-                             f"{100 * rg.colour_fraction:.1f}% of pixels are coloured "
-                             "(annotations or a photograph?)")
+        yield QualityFinding(
+            "colour",
+            _WARN,
+            f"{100 * rg.colour_fraction:.1f}% of pixels are coloured "
+            "(annotations or a photograph?)",
+        )
 
 
 CHECKS: list[Check] = [check_header, check_age, check_pixels]

@@ -15,8 +15,12 @@ from ..quality import check_quality
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--png", "png_out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the decoded image as 8-bit PNG.")
+@click.option(
+    "--png",
+    "png_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the decoded image as 8-bit PNG.",
+)
 def inspect(file: Path, as_json: bool, png_out: Path | None) -> None:
     """Show what xrayage reads from FILE (DICOM, PNG or JPEG) and its QC verdict."""
     rg = read_radiograph(file)

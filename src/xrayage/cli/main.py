@@ -50,8 +50,11 @@ def cli(verbose: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 failure, 2 bad input or usage)."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="xrayage",
-                 standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="xrayage",
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
