@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c .ci/constraints.txt -e '.[train,serve,clinical,analysis,test]'
-.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

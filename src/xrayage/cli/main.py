@@ -19,6 +19,7 @@ from ..errors import XRayAgeError
 # name -> (module, attribute): one module per subcommand.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("xrayage.cli.inspect", "inspect"),
+    "predict": ("xrayage.cli.predict", "predict"),
 }
 
 EXIT_BAD_INPUT = 2

@@ -1,0 +1,94 @@
+"""``xrayage predict INPUT...``: X-ray age for files, folders and CSV manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from itertools import islice
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..explain import save_overlay
+from ..inputs import expand_inputs
+from ..predict import AgeEstimate, XRayAge
+from ..results import ResultWriter
+
+
+def heatmap_name(path: str) -> str:
+    """A collision-free PNG name for an input path."""
+    digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:8]
+    return f"{Path(path).stem}-{digest}.png"
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write rows to OUT.csv or OUT.jsonl (resumable); default: JSON lines to stdout.")
+@click.option("--model", "model_name", default=None,
+              help="Bundled model name or model directory (default: the bundled model).")
+@click.option("--heatmaps", type=click.Path(path_type=Path, file_okay=False),
+              help="Write a CAM overlay PNG per image into this folder.")
+@click.option("--tta", is_flag=True, help="Average test-time augmented views (4x slower).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--threads", default=None, type=click.IntRange(1, 256),
+              help="ONNX Runtime threads (default: all cores).")
+def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None,
+            heatmaps: Path | None, tta: bool, batch_size: int, threads: int | None) -> None:
+    """Estimate X-ray age for INPUTS: files, folders (recursive) and CSV manifests.
+
+    A manifest has a 'path' column (relative to the CSV) and optional 'age_years' and
+    'sex' columns, which override the image header.
+    """
+    if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
+        raise click.BadParameter("must end in .csv or .jsonl", param_hint="--output")
+    estimator = XRayAge.load(model_name, threads=threads, tta=tta, batch_size=batch_size)
+    writer = ResultWriter(output) if output is not None else None
+    done = writer.done if writer is not None else set()
+    if heatmaps is not None:
+        heatmaps.mkdir(parents=True, exist_ok=True)
+    items = (i for i in expand_inputs(inputs) if i.name not in done)
+    total = _count(inputs, done)
+    console = Console(stderr=True)
+    counts = {"ok": 0, "warn": 0, "reject": 0, "error": 0}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=False,
+                      disable=not console.is_terminal) as progress:
+            task = progress.add_task("X-ray age", total=total)
+            for est in estimator.predict_many(items, heatmap=heatmaps is not None,
+                                              keep_radiograph=heatmaps is not None):
+                _emit(est, writer, heatmaps, estimator)
+                counts[est.qc_status] = counts.get(est.qc_status, 0) + 1
+                progress.advance(task)
+    finally:
+        if writer is not None:
+            writer.close()
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    console.print(f"xrayage: {sum(counts.values())} inputs ({summary or 'nothing new'})"
+                  + (f"; {len(done) - sum(counts.values())} already in {output}"
+                     if writer is not None and len(done) > sum(counts.values()) else ""))
+
+
+def _emit(est: AgeEstimate, writer: ResultWriter | None, heatmaps: Path | None,
+          estimator: XRayAge) -> None:
+    if heatmaps is not None and est.heatmap is not None and est.radiograph is not None:
+        save_overlay(heatmaps / heatmap_name(est.path), est.radiograph.pixels, est.heatmap,
+                     estimator.card.preprocessing)
+    record = est.to_record()
+    if writer is not None:
+        writer.write(record)
+    else:
+        click.echo(json.dumps(record))
+        sys.stdout.flush()
+
+
+def _count(inputs: tuple[str, ...], done: set[str], limit: int = 1_000_000) -> int | None:
+    """Number of inputs still to do, if it can be counted cheaply (else None)."""
+    remaining = islice((i for i in expand_inputs(inputs) if i.name not in done), limit)
+    n = sum(1 for _ in remaining)
+    return None if n >= limit else n
