@@ -20,6 +20,7 @@ from ..errors import XRayAgeError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("xrayage.cli.inspect", "inspect"),
     "predict": ("xrayage.cli.predict", "predict"),
+    "calibrate": ("xrayage.cli.calibrate", "calibrate"),
     "import-torchscript": ("xrayage.cli.import_torchscript", "import_torchscript_cmd"),
 }
 

@@ -1,0 +1,47 @@
+"""``xrayage calibrate``: card updated from held-out predictions, coverage measured."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xrayage.card import ModelCard
+from xrayage.cli.main import main
+
+from .onnx_factory import build_tiny_model
+
+
+def write_predictions(path: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(20, 90, n)
+    pred = 0.7 * age + 15 + rng.normal(0, 6, n)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "xray_age", "chronological_age", "qc_status"])
+        for i in range(n):
+            writer.writerow([f"img{i}.png", f"{pred[i]:.2f}", f"{age[i]:.1f}", "ok"])
+        writer.writerow(["rejected.png", "", "12.0", "reject"])
+
+
+def test_calibrate_updates_card(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m", conformal=False, bias=False)
+    sha = ModelCard.load(model_dir).onnx_sha256
+    write_predictions(tmp_path / "held_out.csv", 600)
+    assert main(["calibrate", str(model_dir), str(tmp_path / "held_out.csv")]) == 0
+    card = ModelCard.load(model_dir)
+    assert card.onnx_sha256 == sha
+    assert card.bias_correction.slope == pytest.approx(0.7, abs=0.05)
+    assert card.bias_correction.n == 600
+    rows = list(csv.DictReader(open(tmp_path / "held_out.csv")))[:600]  # noqa: SIM115
+    scores = sorted(abs(float(r["xray_age"]) - float(r["chronological_age"])) for r in rows)
+    assert card.conformal.quantile == scores[int(np.ceil(601 * 0.9)) - 1]
+    assert 0.85 <= card.conformal.empirical_coverage <= 0.95
+
+
+def test_calibrate_needs_enough_rows(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    write_predictions(tmp_path / "few.csv", 5)
+    assert main(["calibrate", str(model_dir), str(tmp_path / "few.csv")]) == 2
