@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..explain import save_overlay
 from ..inputs import expand_inputs
+from ..outputs import ClinicalDirs, write_clinical
 from ..predict import AgeEstimate, XRayAge
 from ..results import ResultWriter
 
@@ -32,16 +33,27 @@ def heatmap_name(path: str) -> str:
               help="Bundled model name or model directory (default: the bundled model).")
 @click.option("--heatmaps", type=click.Path(path_type=Path, file_okay=False),
               help="Write a CAM overlay PNG per image into this folder.")
+@click.option("--sr", "sr_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write a DICOM SR (TID 1500) per DICOM input into this folder.")
+@click.option("--sc", "sc_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write a DICOM Secondary Capture (heat map + result) per DICOM input.")
+@click.option("--fhir", "fhir_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write a FHIR R4 Observation (JSON) per estimate into this folder.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write a one-page HTML report per input into this folder.")
 @click.option("--tta", is_flag=True, help="Average test-time augmented views (4x slower).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="ONNX Runtime threads (default: all cores).")
 def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None,
-            heatmaps: Path | None, tta: bool, batch_size: int, threads: int | None) -> None:
+            heatmaps: Path | None, sr_dir: Path | None, sc_dir: Path | None,
+            fhir_dir: Path | None, report_dir: Path | None, tta: bool, batch_size: int,
+            threads: int | None) -> None:
     """Estimate X-ray age for INPUTS: files, folders (recursive) and CSV manifests.
 
     A manifest has a 'path' column (relative to the CSV) and optional 'age_years' and
-    'sex' columns, which override the image header.
+    'sex' columns, which override the image header. --sr and --sc need DICOM inputs
+    (others get a warning and their row as usual); they need the 'clinical' extra.
     """
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
         raise click.BadParameter("must end in .csv or .jsonl", param_hint="--output")
@@ -50,6 +62,7 @@ def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None
     done = writer.done if writer is not None else set()
     if heatmaps is not None:
         heatmaps.mkdir(parents=True, exist_ok=True)
+    clinical = ClinicalDirs(sr_dir, sc_dir, fhir_dir, report_dir)
     items = (i for i in expand_inputs(inputs) if i.name not in done)
     total = _count(inputs, done)
     console = Console(stderr=True)
@@ -60,9 +73,10 @@ def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None
         with Progress(*columns, console=console, transient=False,
                       disable=not console.is_terminal) as progress:
             task = progress.add_task("X-ray age", total=total)
-            for est in estimator.predict_many(items, heatmap=heatmaps is not None,
-                                              keep_radiograph=heatmaps is not None):
-                _emit(est, writer, heatmaps, estimator)
+            heat = heatmaps is not None or clinical.needs_heatmap
+            for est in estimator.predict_many(items, heatmap=heat,
+                                              keep_radiograph=heat or clinical.any):
+                _emit(est, writer, heatmaps, estimator, clinical)
                 counts[est.qc_status] = counts.get(est.qc_status, 0) + 1
                 progress.advance(task)
     finally:
@@ -75,10 +89,13 @@ def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None
 
 
 def _emit(est: AgeEstimate, writer: ResultWriter | None, heatmaps: Path | None,
-          estimator: XRayAge) -> None:
+          estimator: XRayAge, clinical: ClinicalDirs) -> None:
     if heatmaps is not None and est.heatmap is not None and est.radiograph is not None:
         save_overlay(heatmaps / heatmap_name(est.path), est.radiograph.pixels, est.heatmap,
                      estimator.card.preprocessing)
+    if clinical.any:
+        write_clinical(est, estimator.card, clinical)
+        est.radiograph = None  # free the pixels
     record = est.to_record()
     if writer is not None:
         writer.write(record)

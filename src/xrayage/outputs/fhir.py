@@ -1,0 +1,211 @@
+"""FHIR R4 Observation of the X-ray age (and an optional DiagnosticReport bundle).
+
+Built and validated with ``fhir.resources`` (its R4B models, which serialise FHIR
+R4-compatible Observation and DiagnosticReport JSON). The Observation is
+``preliminary`` (no clinician has verified it), category ``imaging``, with a local
+code (:data:`CODE_SYSTEM`), the X-ray age as ``valueQuantity`` in UCUM years
+(``a``) and the interval, chronological age and gaps as components. It is
+``derivedFrom`` the ImagingStudy, referenced by its Study Instance UID
+(``urn:dicom:uid`` / ``urn:oid:...``); ``subject`` is the Patient, referenced by the
+DICOM Patient ID (FHIR R4 allows only Patient, Group, Device or Location there).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..card import ModelCard
+from ..predict import AgeEstimate
+from ._common import DISCLAIMER, coverage, model_label, require, require_age, software_label
+
+if TYPE_CHECKING:
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.observation import Observation
+
+FEATURE = "FHIR Observation"
+
+CODE_SYSTEM = "https://xrayage.org/fhir/CodeSystem/xrayage"
+"""Local code system of the xrayage concepts (an identifier, not a web page)."""
+
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+DICOM_UID = "urn:dicom:uid"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+CODES = {
+    "xray_age": ("xray-age", "X-ray age"),
+    "interval": ("xray-age-interval", "X-ray age prediction interval"),
+    "age_gap": ("xray-age-gap", "X-ray age gap"),
+    "age_gap_corrected": ("xray-age-gap-corrected", "X-ray age gap, bias corrected"),
+    "report": ("xray-age-report", "X-ray age report"),
+}
+"""Local codes: key -> (code, display)."""
+
+
+def to_fhir_observation(estimate: AgeEstimate, card: ModelCard, *,
+                        decimals: int = 2) -> Observation:
+    """Build the FHIR Observation of one estimate.
+
+    Parameters
+    ----------
+    estimate : AgeEstimate
+        With an X-ray age. If it holds a DICOM radiograph
+        (``keep_radiograph=True``), the Observation references its study and
+        patient; otherwise (PNG/JPEG input) it has no subject and no derivedFrom.
+    card : ModelCard
+    decimals : int
+        Values are rounded to this many decimals (years).
+
+    Returns
+    -------
+    fhir.resources.R4B.observation.Observation
+        Validated on construction; ``.model_dump_json()`` gives the JSON.
+
+    Raises
+    ------
+    ClinicalOutputError
+        The estimate has no X-ray age.
+    MissingExtraError
+        fhir.resources is not installed.
+    """
+    observation = require("fhir.resources.R4B.observation", FEATURE)
+    age = require_age(estimate, FEATURE)
+    components: list[dict[str, Any]] = []
+    lower, upper = estimate.xray_age_lower, estimate.xray_age_upper
+    if lower is not None and upper is not None:
+        cov = coverage(card)
+        code, display = CODES["interval"]
+        components.append({
+            "code": _concept(CODE_SYSTEM, code, display,
+                             text=None if cov is None else f"{cov:.0%} prediction interval"),
+            "valueRange": {"low": _years(lower, decimals), "high": _years(upper, decimals)},
+        })
+    if estimate.chronological_age is not None:
+        components.append({"code": _concept(LOINC, "30525-0", "Age"),
+                           "valueQuantity": _years(estimate.chronological_age, decimals)})
+    for key in ("age_gap", "age_gap_corrected"):
+        value = getattr(estimate, key)
+        if value is not None:
+            code, display = CODES[key]
+            components.append({"code": _concept(CODE_SYSTEM, code, display),
+                               "valueQuantity": _years(value, decimals)})
+    code, display = CODES["xray_age"]
+    data: dict[str, Any] = {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"}],
+        "status": "preliminary",
+        "category": [_concept(OBSERVATION_CATEGORY, "imaging", "Imaging")],
+        "code": _concept(CODE_SYSTEM, code, display,
+                         text="X-ray age (age read from a frontal chest radiograph)"),
+        "issued": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "valueQuantity": _years(age, decimals),
+        "bodySite": _concept(SNOMED, "816094009", "Chest"),
+        "method": {"text": f"{model_label(card)} ({software_label()}), "
+                           f"architecture {card.architecture}"},
+        "device": {"display": f"{model_label(card)} ({software_label()})"},
+        "note": [{"text": _note(estimate)}],
+        "component": components,
+    }
+    data.update(_dicom_context(estimate))
+    return observation.Observation.model_validate(data)
+
+
+def to_fhir_bundle(estimate: AgeEstimate, card: ModelCard, **kwargs: Any) -> Bundle:
+    """A ``collection`` Bundle: a preliminary DiagnosticReport and its Observation.
+
+    Parameters and errors as :func:`to_fhir_observation`.
+
+    Returns
+    -------
+    fhir.resources.R4B.bundle.Bundle
+    """
+    bundle = require("fhir.resources.R4B.bundle", FEATURE)
+    obs = to_fhir_observation(estimate, card, **kwargs)
+    obs_url, report_url = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    code, display = CODES["report"]
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
+        "category": [_concept("http://terminology.hl7.org/CodeSystem/v2-0074", "RAD",
+                              "Radiology")],
+        "code": _concept(CODE_SYSTEM, code, display),
+        "issued": obs.issued.isoformat() if obs.issued is not None else None,
+        "result": [{"reference": obs_url, "type": "Observation"}],
+        "conclusion": _conclusion(estimate),
+    }
+    if obs.subject is not None:
+        report["subject"] = obs.subject.model_dump(exclude_none=True)
+    if obs.derivedFrom:
+        report["imagingStudy"] = [r.model_dump(exclude_none=True) for r in obs.derivedFrom]
+    return bundle.Bundle.model_validate({
+        "resourceType": "Bundle", "type": "collection",
+        "entry": [{"fullUrl": report_url, "resource": report},
+                  {"fullUrl": obs_url, "resource": obs.model_dump(exclude_none=True)}],
+    })
+
+
+def write_fhir(estimate: AgeEstimate, card: ModelCard, path: str | Path, *,
+               bundle: bool = False, **kwargs: Any) -> Path:
+    """Write the Observation (or, with ``bundle=True``, the Bundle) as JSON."""
+    path = Path(path)
+    resource = (to_fhir_bundle if bundle else to_fhir_observation)(estimate, card, **kwargs)
+    path.write_text(resource.model_dump_json(indent=2, exclude_none=True) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def _concept(system: str, code: str, display: str, text: str | None = None) -> dict[str, Any]:
+    concept: dict[str, Any] = {"coding": [{"system": system, "code": code, "display": display}]}
+    if text:
+        concept["text"] = text
+    return concept
+
+
+def _years(value: float, decimals: int) -> dict[str, Any]:
+    return {"value": round(float(value), decimals), "unit": "a", "system": UCUM, "code": "a"}
+
+
+def _dicom_context(estimate: AgeEstimate) -> dict[str, Any]:
+    """subject, derivedFrom and effectiveDateTime from the DICOM source, if any."""
+    rg = estimate.radiograph
+    ds = rg.dataset if rg is not None and rg.source_format == "dicom" else None
+    if ds is None:
+        return {}
+    out: dict[str, Any] = {}
+    if ds.get("StudyInstanceUID"):
+        display = "Chest radiograph"
+        if ds.get("SOPInstanceUID"):
+            display += f", SOP Instance UID {ds.SOPInstanceUID}"
+        out["derivedFrom"] = [{
+            "type": "ImagingStudy", "display": display,
+            "identifier": {"system": DICOM_UID, "value": f"urn:oid:{ds.StudyInstanceUID}"},
+        }]
+    patient_id = str(ds.get("PatientID") or "").strip()
+    if patient_id:
+        identifier: dict[str, Any] = {"value": patient_id}
+        issuer = str(ds.get("IssuerOfPatientID") or "").strip()
+        if issuer:
+            identifier["assigner"] = {"display": issuer}
+        out["subject"] = {"type": "Patient", "identifier": identifier}
+    date = str(ds.get("StudyDate") or ds.get("AcquisitionDate") or "").strip()
+    if len(date) == 8 and date.isdigit():
+        out["effectiveDateTime"] = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    return out
+
+
+def _note(estimate: AgeEstimate) -> str:
+    qc = f"Quality check: {estimate.qc_status}"
+    if estimate.qc_reasons:
+        qc += f" ({', '.join(estimate.qc_reasons)})"
+    return f"{DISCLAIMER}. {qc}."
+
+
+def _conclusion(estimate: AgeEstimate) -> str:
+    text = f"X-ray age {estimate.xray_age:.1f} years"
+    if estimate.age_gap is not None:
+        text += f", {estimate.age_gap:+.1f} years from the chronological age"
+    return text + f". {DISCLAIMER}."
