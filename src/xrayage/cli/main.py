@@ -20,8 +20,14 @@ from ..errors import XRayAgeError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("xrayage.cli.inspect", "inspect"),
     "predict": ("xrayage.cli.predict", "predict"),
+    "train": ("xrayage.cli.train", "train"),
+    "evaluate": ("xrayage.cli.evaluate", "evaluate"),
+    "export": ("xrayage.cli.export", "export"),
     "calibrate": ("xrayage.cli.calibrate", "calibrate"),
+    "analyze": ("xrayage.cli.analyze", "analyze"),
     "import-torchscript": ("xrayage.cli.import_torchscript", "import_torchscript_cmd"),
+    "serve": ("xrayage.cli.serve", "serve"),
+    "dicom-node": ("xrayage.cli.dicom_node", "dicom_node"),
 }
 
 EXIT_BAD_INPUT = 2

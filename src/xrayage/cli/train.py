@@ -1,0 +1,92 @@
+"""``xrayage train``: train an X-ray age model with Lightning (needs the ``[train]`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _levels(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 3,4") from exc
+
+
+def _devices(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+@click.command()
+@click.option("--data", "data", multiple=True, required=True,
+              help="Dataset spec ADAPTER:PATH[?opts] (nih, chexpert, padchest, mimic, manifest); "
+                   "repeat to combine.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Run directory (split, spec, logs, checkpoints).")
+@click.option("--backbone", default="efficientnet_b0", show_default=True, help="timm model name.")
+@click.option("--image-size", type=int, default=256, show_default=True)
+@click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
+@click.option("--square", type=click.Choice(["crop", "pad"]), default="crop", show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--loss", type=click.Choice(["l1", "smooth_l1", "gaussian_nll"]), default="l1",
+              show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--backbone-lr-mult", type=float, default=1.0, show_default=True)
+@click.option("--freeze-stages", type=int, default=0, show_default=True)
+@click.option("--feature-levels", default=None, help="Comma-separated levels, default last.")
+@click.option("--init-weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="timm state dict (.safetensors) to start from.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option("--adults-only", is_flag=True, help="Keep ages >= 18 only.")
+@click.option("--min-age", type=float, default=None)
+@click.option("--max-age", type=float, default=None)
+@click.option("--all-views", is_flag=True, help="Keep lateral views too (default frontal only).")
+@click.option("--hflip/--no-hflip", default=False, show_default=True,
+              help="Random horizontal flips (off: the chest is not left-right symmetric).")
+@click.option("--max-steps", type=int, default=-1, help="Stop after this many steps (tests).")
+@click.option("--patience", type=int, default=5, show_default=True, help="Early stopping.")
+@click.option("--resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Lightning checkpoint to resume from (e.g. RUN/checkpoints/last.ckpt).")
+@click.option("--num-workers", type=int, default=2, show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Cache root (default RUN/cache); reuse one across runs.")
+@click.option("--cache-workers", type=int, default=None, help="Decoding processes.")
+@click.option("--cache-only", is_flag=True, help="Build the cache and the run files, then stop.")
+@click.option("--accelerator", default="auto", show_default=True)
+@click.option("--devices", default="auto", show_default=True)
+@click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
+@click.option("--num-nodes", type=int, default=1, show_default=True)
+@click.option("--precision", default=None, help="Default: bf16-mixed/16-mixed on GPU, else 32.")
+@click.option("--no-progress", is_flag=True)
+def train(**kw: object) -> None:
+    """Train an X-ray age model on one or more datasets."""
+    from ..train import require_torch
+
+    require_torch("xrayage train")
+    from ..train.fit import TrainConfig, fit
+
+    cfg = TrainConfig(
+        data=list(kw["data"]), out=str(kw["out"]), backbone=str(kw["backbone"]),
+        image_size=kw["image_size"], channels=int(kw["channels"]), square=str(kw["square"]),
+        epochs=kw["epochs"], loss=str(kw["loss"]), lr=kw["lr"], weight_decay=kw["weight_decay"],
+        batch_size=kw["batch_size"], backbone_lr_mult=kw["backbone_lr_mult"],
+        freeze_stages=kw["freeze_stages"], feature_levels=_levels(kw["feature_levels"]),
+        init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
+        val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
+        min_age=kw["min_age"], max_age=kw["max_age"], all_views=bool(kw["all_views"]),
+        hflip=bool(kw["hflip"]), max_steps=kw["max_steps"], patience=kw["patience"],
+        resume=str(kw["resume"]) if kw["resume"] else None, num_workers=kw["num_workers"],
+        cache_dir=str(kw["cache_dir"]) if kw["cache_dir"] else None,
+        cache_workers=kw["cache_workers"], cache_only=bool(kw["cache_only"]),
+        accelerator=str(kw["accelerator"]), devices=_devices(str(kw["devices"])),
+        strategy=str(kw["strategy"]), num_nodes=kw["num_nodes"],
+        precision=kw["precision"], progress=not kw["no_progress"],
+    )  # type: ignore[arg-type]
+    best = fit(cfg)
+    click.echo(f"best checkpoint: {best}")

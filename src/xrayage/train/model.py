@@ -1,0 +1,234 @@
+"""AgeNet: a timm feature backbone, global average pooling and one linear layer.
+
+For the selected feature levels ``F_l`` (C_l, h_l, w_l) and the linear weights ``w``
+split per level into ``w_l``::
+
+    age = b + Σ_l w_l · GAP(F_l)
+    cam = Σ_l up_l(Σ_c w_lc F_lc)          (h, w) = the largest selected level's size
+
+(The trained linear layer works in standardised age units; ``w`` and ``b`` above are its
+weights and bias mapped to years, ``w = scale * w_z``, ``b = scale * b_z + shift``, with
+``shift, scale`` the training mean and standard deviation of age.)
+
+where ``up_l`` is nearest-neighbour upsampling by an integer factor, which preserves the
+spatial mean. Because GAP and the weighted sum are both linear,
+``cam.mean(axis=(-2, -1)) + b == age`` exactly (to float rounding): every CAM pixel is
+its region's contribution to the X-ray age in years. Sizes whose level resolutions are
+not integer multiples are refused (choose another image size or feature levels).
+
+Layers after the last selected level are not built (timm ``features_only``), so they
+are neither trained nor exported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def _create(name: str, in_chans: int, out_indices: Sequence[int] | None,
+            init_weights: str | Path | None) -> nn.Module:
+    kwargs: dict[str, object] = {"features_only": True, "in_chans": in_chans}
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices)
+    if init_weights is None:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    path = Path(init_weights)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"--init-weights {path}: only .safetensors files are loaded (no pickles)")
+    if not path.is_file():
+        raise ValueError(f"--init-weights {path}: no such file")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file only; never a download
+    # timm loads the file into the full model, sums the RGB conv1 kernels for in_chans=1
+    # and drops the classifier keys (features_only loads with num_classes=0).
+    overlay = {"file": str(path), "source": "", "hf_hub_id": None, "url": None}
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+class AgeNet(nn.Module):
+    """X-ray age regressor with an exact class activation map.
+
+    Parameters
+    ----------
+    backbone : str
+        timm model name (``resnet18``, ``efficientnet_b0``, ``legacy_xception``, ...).
+    in_chans : int
+        1 or 3 (the :class:`~xrayage.card.PreprocessSpec` channels).
+    feature_levels : sequence of int, optional
+        Indices into the backbone's feature levels (negative counts from the end);
+        default ``(-1,)``, the last level.
+    gaussian : bool
+        Add a second linear output, the log variance for a Gaussian NLL loss.
+    init_weights : path, optional
+        timm state dict (``.safetensors``) to start from, e.g. ImageNet weights.
+    init_age, age_scale : float
+        Training mean and standard deviation of age: the head predicts
+        ``init_age + age_scale * z``, so training starts at the no-skill fit and the
+        optimiser works in standardised units.
+    image_size : int, optional
+        If given, check now that the CAM levels have integer size ratios at this size.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        in_chans: int = 1,
+        feature_levels: Sequence[int] | None = None,
+        gaussian: bool = False,
+        init_weights: str | Path | None = None,
+        init_age: float = 50.0,
+        age_scale: float = 15.0,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, not {in_chans}")
+        probe = timm.create_model(backbone, pretrained=False, features_only=True,
+                                  in_chans=in_chans)
+        self.level_modules: list[str] = list(probe.feature_info.module_name())
+        n = len(self.level_modules)
+        levels = sorted({int(i) % n for i in (feature_levels or (-1,)) if -n <= int(i) < n})
+        if not levels or len(levels) != len(set(feature_levels or (-1,))):
+            raise ValueError(f"feature levels {feature_levels} out of range for {backbone} "
+                             f"({n} levels: 0..{n - 1})")
+        self.feature_levels = levels
+        self.backbone = (probe if levels == list(range(n)) and init_weights is None
+                         else _create(backbone, in_chans, levels, init_weights))
+        del probe
+        channels = list(self.backbone.feature_info.channels())
+        self.channels = channels
+        self.head = nn.Linear(sum(channels), 1)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("age_shift", torch.tensor(float(init_age)))
+        self.register_buffer("age_scale", torch.tensor(float(age_scale)))
+        self.log_var_head: nn.Linear | None = None
+        if gaussian:
+            self.log_var_head = nn.Linear(sum(channels), 1)
+            nn.init.zeros_(self.log_var_head.weight)
+            nn.init.zeros_(self.log_var_head.bias)
+        if image_size is not None:
+            self.cam_size(image_size)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The selected feature maps, each (N, C_l, h_l, w_l)."""
+        return list(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return age (N,) in years and, with the Gaussian head, log variance (N,)."""
+        age, log_var, _ = self._run(self.features(x), cam=False)
+        return age, log_var
+
+    def forward_with_cam(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Return age (N,), log variance (N,) or None, and the CAM (N, h, w) in years."""
+        age, log_var, cam = self._run(self.features(x), cam=True)
+        assert cam is not None
+        return age, log_var, cam
+
+    def _run(self, feats: list[torch.Tensor], cam: bool
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        pooled = torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1)
+        age = self.head(pooled).squeeze(1) * self.age_scale + self.age_shift
+        log_var = None
+        if self.log_var_head is not None:  # in years²: log(scale² · var_z)
+            log_var = self.log_var_head(pooled).squeeze(1) + 2 * torch.log(self.age_scale)
+        if not cam:
+            return age, log_var, None
+        weights = torch.split(self.head.weight[0] * self.age_scale, self.channels)
+        size = max((f.shape[-2], f.shape[-1]) for f in feats)
+        total = None
+        for f, w in zip(feats, weights, strict=True):
+            level = torch.einsum("nchw,c->nhw", f, w).unsqueeze(1)
+            if (level.shape[-2], level.shape[-1]) != size:
+                level = F.interpolate(level, size=size, mode="nearest")
+            total = level if total is None else total + level
+        assert total is not None
+        return age, log_var, total.squeeze(1)
+
+    def age_bias(self) -> float:
+        """The bias ``b`` in years: ``cam.mean((-2, -1)) + b == age``."""
+        return float((self.head.bias[0] * self.age_scale + self.age_shift).detach())
+
+    @torch.no_grad()
+    def cam_size(self, image_size: int) -> tuple[int, int]:
+        """CAM (h, w) at `image_size`; ValueError if the level sizes are not integer multiples."""
+        was = self.training
+        self.eval()
+        try:
+            conv_in = next(m for m in self.backbone.modules() if isinstance(m, nn.Conv2d))
+            feats = self.features(torch.zeros(1, conv_in.in_channels, image_size, image_size))
+        finally:
+            self.train(was)
+        size = max((f.shape[-2], f.shape[-1]) for f in feats)
+        for f in feats:
+            if size[0] % f.shape[-2] or size[1] % f.shape[-1]:
+                shapes = [tuple(g.shape[-2:]) for g in feats]
+                raise ValueError(
+                    f"feature levels {self.feature_levels} give maps {shapes} at {image_size} "
+                    "px: not integer multiples, so the CAM could not be exact; choose another "
+                    "--image-size or --feature-levels"
+                )
+        return size
+
+    def freeze_stages(self, n: int) -> int:
+        """Freeze the stem and the first `n` feature stages; return the frozen parameter count.
+
+        Frozen BatchNorm layers are kept in eval mode (see :meth:`train`).
+        """
+        if n <= 0:
+            return 0
+        if n > len(self.level_modules):
+            raise ValueError(f"cannot freeze {n} stages: the backbone has "
+                             f"{len(self.level_modules)}")
+        target = self.level_modules[n - 1]
+        forms = (target, target.replace(".", "_"))
+        order = [name for name, _ in self.backbone.named_modules()]
+        pos = next((i for i, name in enumerate(order)
+                    if name in forms or any(name.endswith("." + f) for f in forms)), None)
+        if pos is None:
+            raise ValueError(f"cannot locate stage {target!r} in the backbone to freeze it")
+        # Everything registered up to the stage's module, and the stage itself.
+        owners = set(order[: pos + 1]) | {m for m in order if m.startswith(order[pos] + ".")}
+        frozen = {name for name, _ in self.backbone.named_parameters()
+                  if name.rpartition(".")[0] in owners}
+        count = 0
+        for name, p in self.backbone.named_parameters():
+            if name in frozen:
+                p.requires_grad_(False)
+                count += p.numel()
+        self._frozen_modules = [m for name, m in self.backbone.named_modules()
+                                if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                and all(f"{name}.{k}" in frozen for k, _ in
+                                        m.named_parameters(recurse=False))
+                                and any(True for _ in m.parameters(recurse=False))]
+        return count
+
+    def train(self, mode: bool = True) -> AgeNet:
+        """Set train mode, keeping frozen BatchNorm layers in eval mode."""
+        super().train(mode)
+        for m in getattr(self, "_frozen_modules", []):
+            m.eval()
+        return self
+
+
+class ExportWrapper(nn.Module):
+    """ONNX view of an :class:`AgeNet`: returns ``(age, [log_var,] cam)``."""
+
+    def __init__(self, net: AgeNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        age, log_var, cam = self.net.forward_with_cam(x)
+        return (age, cam) if log_var is None else (age, log_var, cam)
