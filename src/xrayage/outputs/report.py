@@ -273,7 +273,7 @@ def _footer(est: AgeEstimate) -> str:
 def _gray(pixels: np.ndarray, card: ModelCard) -> Image.Image:
     base = square(np.asarray(pixels, dtype=np.float32), card.preprocessing.square)
     image = Image.fromarray(np.round(np.clip(base, 0, 1) * 255).astype(np.uint8), mode="L")
-    return image.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR)
+    return image.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BILINEAR)
 
 
 def _figure(image: Image.Image, caption: str) -> str:

@@ -74,18 +74,17 @@ def render_summary_image(estimate: AgeEstimate, card: ModelCard, *,
     side = picture.width
     lines = summary_lines(estimate, card, heatmap=estimate.heatmap is not None)
     size = max(12, side // 40)
-    fonts = [ImageFont.load_default(size=round(size * 1.35))] + [
-        ImageFont.load_default(size=size)] * (len(lines) - 1)
+    sizes = [round(size * 1.35)] + [size] * (len(lines) - 1)
     pad = size // 2
-    band = pad * 2 + sum(round(f.size * 1.3) for f in fonts)
+    band = pad * 2 + sum(round(s * 1.3) for s in sizes)
     canvas = Image.new("RGB", (side, side + band), (0, 0, 0))
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     y = side + pad
-    for i, (line, font) in enumerate(zip(lines, fonts, strict=True)):
+    for i, (line, font_size) in enumerate(zip(lines, sizes, strict=True)):
         colour = _WARN if i == len(lines) - 1 else (_WHITE if i < 2 else _GRAY)
-        draw.text((pad, y), line, fill=colour, font=font)
-        y += round(font.size * 1.3)
+        draw.text((pad, y), line, fill=colour, font=ImageFont.load_default(size=font_size))
+        y += round(font_size * 1.3)
     return canvas
 
 
@@ -185,7 +184,7 @@ def _gray_square(pixels: np.ndarray, spec: PreprocessSpec, max_side: int) -> Ima
     base = square(np.asarray(pixels, dtype=np.float32), spec.square)
     image = Image.fromarray(np.round(np.clip(base, 0, 1) * 255).astype(np.uint8), mode="L")
     if image.width > max_side:
-        image = image.resize((max_side, max_side), Image.BILINEAR)
+        image = image.resize((max_side, max_side), Image.Resampling.BILINEAR)
     return image.convert("RGB")
 
 

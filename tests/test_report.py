@@ -1,0 +1,82 @@
+"""One-page HTML report: self-contained, values shown, gap against its reference."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+from statistics import NormalDist
+
+import pytest
+from PIL import Image
+
+from xrayage import AgeEstimate, XRayAge
+from xrayage.outputs import render_report, write_report
+from xrayage.outputs.report import gap_reference
+
+from .clinical_helpers import make_estimator, png_bytes, predict_kept
+from .shared import NEMA, needs_data
+
+
+@pytest.fixture(scope="module")
+def estimator(tmp_path_factory: pytest.TempPathFactory) -> XRayAge:
+    return make_estimator(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def nema(estimator: XRayAge) -> AgeEstimate:
+    if not NEMA.is_file():
+        pytest.skip("../shared/data is not present")
+    return predict_kept(estimator, NEMA)
+
+
+@needs_data
+def test_report_shows_result_images_and_card(nema: AgeEstimate, estimator: XRayAge,
+                                             tmp_path: Path) -> None:
+    page = write_report(nema, estimator.card, tmp_path / "r.html").read_text()
+    assert f"{nema.xray_age:.1f}" in page
+    assert f"{nema.xray_age_lower:.1f} \u2013 {nema.xray_age_upper:.1f} y" in page
+    assert f"{nema.age_gap_corrected:+.1f} y" in page and "NOT FOR DIAGNOSTIC USE" in page
+    assert "tiny-test 0" in page and "90% split-conformal interval (n = 100)" in page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 2  # radiograph and heat map
+    for data in images:
+        assert Image.open(io.BytesIO(base64.b64decode(data))).size == (480, 480)
+    assert "<svg" in page and "percentile" in page
+    assert not re.search(r'(src|href)="(https?:|//)', page) and "<script" not in page
+    assert nema.radiograph.study_instance_uid in page
+
+
+@needs_data
+def test_report_carries_no_patient_identifiers(nema: AgeEstimate, estimator: XRayAge) -> None:
+    page = render_report(nema, estimator.card)
+    source = nema.radiograph.dataset
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate"):
+        assert str(source.get(keyword)) not in page
+
+
+@needs_data
+def test_gap_reference_matches_the_interval(nema: AgeEstimate, estimator: XRayAge) -> None:
+    ref = gap_reference(nema, estimator.card)
+    assert ref is not None
+    z = NormalDist().inv_cdf(0.95)
+    assert ref.sigma == pytest.approx(8.0 / z)  # the tiny card's conformal quantile is 8 y
+    assert ref.percentile(0.0) == pytest.approx(50.0)
+    page = render_report(nema, estimator.card)
+    pct = round(ref.percentile(nema.age_gap_corrected))
+    assert re.search(rf"<b>{pct}(st|nd|rd|th) percentile</b>", page)
+
+
+def test_rejected_input_report_says_why(estimator: XRayAge) -> None:
+    est = AgeEstimate("lateral.dcm", qc_status="reject", qc_reasons=["lateral_view"])
+    page = render_report(est, estimator.card)
+    assert "No X-ray age" in page and "lateral_view" in page and "<svg" not in page
+
+
+def test_png_report_and_escaping(estimator: XRayAge) -> None:
+    est = predict_kept(estimator, png_bytes(), name="<i onclick=x>chest.png")
+    page = render_report(est, estimator.card)
+    assert "&lt;i onclick=x&gt;chest.png" in page and "<i onclick" not in page
+    assert "chronological age unknown" in page  # the QC message, in words
+    assert "No gap" in page

@@ -1,0 +1,93 @@
+"""DICOM Secondary Capture: heat map and result burned in, validated by dciodvfy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from xrayage import AgeEstimate, XRayAge
+from xrayage.outputs import (
+    ClinicalOutputError,
+    render_summary_image,
+    to_secondary_capture,
+    write_secondary_capture,
+)
+from xrayage.outputs.secondary_capture import summary_lines
+
+from .clinical_helpers import dciodvfy, make_estimator, png_bytes, predict_kept
+from .shared import NEMA, SIIM, needs_data
+
+
+@pytest.fixture(scope="module")
+def estimator(tmp_path_factory: pytest.TempPathFactory) -> XRayAge:
+    return make_estimator(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=[NEMA, SIIM], ids=["nema", "siim"])
+def estimate(request: pytest.FixtureRequest, estimator: XRayAge) -> AgeEstimate:
+    if not request.param.is_file():
+        pytest.skip("../shared/data is not present")
+    return predict_kept(estimator, request.param)
+
+
+@needs_data
+def test_sc_validates_and_references_source(estimate: AgeEstimate, estimator: XRayAge,
+                                            tmp_path: Path) -> None:
+    path = write_secondary_capture(estimate, estimator.card, tmp_path / "x.sc.dcm")
+    errors, _warnings = dciodvfy(path)
+    assert errors == []
+    sc = pydicom.dcmread(path)
+    source = pydicom.dcmread(estimate.path, stop_before_pixels=True)
+    assert sc.SOPClassUID == SecondaryCaptureImageStorage
+    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    assert sc.SeriesInstanceUID != source.SeriesInstanceUID
+    assert sc.SOPInstanceUID != source.SOPInstanceUID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert sc.PatientID == source.PatientID and sc.PatientName == source.PatientName
+    assert sc.BurnedInAnnotation == "YES" and list(sc.ImageType) == ["DERIVED", "SECONDARY"]
+    assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
+
+
+@needs_data
+def test_sc_pixels_are_the_rendered_summary(estimate: AgeEstimate, estimator: XRayAge) -> None:
+    sc = to_secondary_capture(estimate, estimator.card)
+    expected = np.asarray(render_summary_image(estimate, estimator.card))
+    np.testing.assert_array_equal(sc.pixel_array, expected)
+    side = min(estimate.radiograph.rows, estimate.radiograph.columns, 1024)
+    assert sc.Columns == side and sc.Rows > side  # image above the text band
+    band = expected[side:]
+    assert band.max() > 200  # text was drawn
+    image = expected[:side]
+    assert np.ptp(image[..., 0].astype(int) - image[..., 2].astype(int)) > 50  # coloured map
+
+
+@needs_data
+def test_summary_lines_hold_the_result(estimate: AgeEstimate, estimator: XRayAge) -> None:
+    lines = summary_lines(estimate, estimator.card)
+    text = "\n".join(lines)
+    assert f"X-ray age {estimate.xray_age:.1f} y" in lines[0]
+    assert f"90% interval {estimate.xray_age_lower:.1f} - {estimate.xray_age_upper:.1f} y" in text
+    assert f"Gap {estimate.age_gap:+.1f} y" in text
+    assert f"Corrected gap {estimate.age_gap_corrected:+.1f} y" in text
+    assert "Model tiny-test 0" in text and lines[-1].startswith("NOT FOR DIAGNOSTIC USE")
+    assert text.isascii()
+
+
+@needs_data
+def test_without_heatmap_shows_the_plain_image(estimate: AgeEstimate,
+                                               estimator: XRayAge) -> None:
+    plain = np.asarray(render_summary_image(replace(estimate, heatmap=None), estimator.card))
+    side = plain.shape[1]
+    assert np.array_equal(plain[:side, :, 0], plain[:side, :, 2])  # gray
+
+
+def test_png_input_is_refused(estimator: XRayAge) -> None:
+    est = predict_kept(estimator, png_bytes(), name="chest.png")
+    with pytest.raises(ClinicalOutputError, match=r"chest\.png: no DICOM Secondary Capture"):
+        to_secondary_capture(est, estimator.card)
+    assert render_summary_image(est, estimator.card).mode == "RGB"  # the image itself works
