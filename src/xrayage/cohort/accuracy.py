@@ -1,0 +1,86 @@
+"""Agreement of X-ray age with chronological age: the training issue's metrics, and plots.
+
+The numbers come from :mod:`xrayage.metrics` (shared with ``xrayage evaluate``); this
+module adds the per-group breakdown the report shows and the two standard plots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..metrics import age_band, age_metrics, grouped_metrics
+from ._deps import CohortDataError, new_axes
+
+
+def age_accuracy(xray_age: Any, age_years: Any, sex: Any | None = None,
+                 train_median: float | None = None) -> dict[str, Any]:
+    """Agreement metrics of predicted against chronological age, in years.
+
+    Parameters
+    ----------
+    xray_age, age_years : array-like, shape (n,)
+        Paired ages; pairs with a missing value are dropped.
+    sex : array-like, optional
+        Labels for a by-sex breakdown.
+    train_median : float, optional
+        Training median age (the no-skill predictor); default this cohort's median.
+
+    Returns
+    -------
+    dict
+        :func:`xrayage.metrics.age_metrics` keys (``n, mae, rmse, bias, r, r2, icc,
+        mae_no_skill, ...``) plus ``by_group`` (by age band and, if given, by sex).
+
+    Examples
+    --------
+    >>> m = age_accuracy([30, 50, 70], [32, 48, 70])
+    >>> m["n"], round(m["mae"], 3), m["bias"]
+    (3, 1.333, 0.0)
+    """
+    pred = np.asarray(xray_age, dtype=float)
+    age = np.asarray(age_years, dtype=float)
+    keep = np.isfinite(pred) & np.isfinite(age)
+    if keep.sum() < 3:
+        raise CohortDataError(f"accuracy needs at least 3 images with both ages, "
+                              f"got {int(keep.sum())}")
+    groups = {"age_band": [age_band(a) for a in age[keep]]}
+    if sex is not None:
+        groups["sex"] = ["" if v is None or v != v else str(v)
+                         for v in np.asarray(sex, dtype=object)[keep]]
+    out = age_metrics(age[keep], pred[keep], train_median)
+    out["by_group"] = grouped_metrics(age[keep], pred[keep], groups, train_median)
+    return out
+
+
+def plot_scatter(xray_age: Any, age_years: Any, ax: Any | None = None) -> Any:
+    """Scatter of X-ray age against chronological age with the identity line."""
+    ax = ax if ax is not None else new_axes((5.0, 5.0))
+    pred, age = np.asarray(xray_age, float), np.asarray(age_years, float)
+    ax.scatter(age, pred, s=10, alpha=0.5, edgecolors="none")
+    lo = float(np.nanmin([age.min(), pred.min()]))
+    hi = float(np.nanmax([age.max(), pred.max()]))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="identity")
+    ax.set_xlabel("chronological age (years)")
+    ax.set_ylabel("X-ray age (years)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="upper left")
+    return ax
+
+
+def plot_bland_altman(xray_age: Any, age_years: Any, ax: Any | None = None) -> Any:
+    """Bland–Altman plot: difference against mean, bias and 95% limits of agreement."""
+    ax = ax if ax is not None else new_axes()
+    pred, age = np.asarray(xray_age, float), np.asarray(age_years, float)
+    diff, mean = pred - age, (pred + age) / 2
+    bias, sd = float(np.mean(diff)), float(np.std(diff, ddof=1))
+    ax.scatter(mean, diff, s=10, alpha=0.5, edgecolors="none")
+    ax.axhline(bias, color="black", lw=1, label=f"bias {bias:+.1f} y")
+    ax.axhline(bias - 1.96 * sd, color="grey", ls="--", lw=1)
+    ax.axhline(bias + 1.96 * sd, color="grey", ls="--", lw=1,
+               label=f"limits of agreement ±{1.96 * sd:.1f} y")
+    ax.set_xlabel("mean of X-ray and chronological age (years)")
+    ax.set_ylabel("X-ray age − chronological age (years)")
+    ax.legend(loc="upper right")
+    return ax
