@@ -34,6 +34,7 @@ class ResultWriter:
         self.jsonl = self.path.suffix.lower() in (".jsonl", ".ndjson", ".json")
         if not self.jsonl and self.path.suffix.lower() != ".csv":
             raise ValueError(f"{self.path}: output must end in .csv or .jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done = self._load_done()
         self._handle = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         if not self.jsonl and self._handle.tell() == 0:
