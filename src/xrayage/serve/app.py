@@ -1,0 +1,291 @@
+"""The HTTP API and web page: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, ``/``.
+
+The service holds no logic of its own: an upload is read with
+:func:`~xrayage.io.read_radiograph` and estimated with
+:meth:`~xrayage.predict.XRayAge.predict_many`, in a bounded thread pool so the event
+loop never runs ONNX. Limits (see :mod:`xrayage.serve.limits`) are applied before a
+body is parsed. Logs name the route, status, duration and size only: never a file
+name, a header value or anything read from the image.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from .. import __version__
+from ..errors import ImageTooLargeError, UnsupportedFormatError, XRayAgeInputError
+from ..errors import MissingExtraError as _MissingExtraError
+
+try:
+    from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, Field
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
+    raise _MissingExtraError("the HTTP service", "serve", _exc) from _exc
+
+from ..explain import overlay
+from ..io import read_radiograph
+from ..predict import AgeEstimate, PredictInput, XRayAge
+from ..quality import check_quality
+from .limits import GuardMiddleware, InferencePool, Ticket
+
+logger = logging.getLogger("xrayage.serve")
+
+DEFAULT_MAX_UPLOAD_BYTES = 64 << 20
+"""Largest request body (64 MiB): an uncompressed 16-bit 4k x 4k radiograph is 32 MiB."""
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest decoded image (pixels): twice the largest flat-panel detectors."""
+
+STATIC = resources.files("xrayage") / "serve" / "static"
+
+
+class ModelInfo(BaseModel):
+    """The model that made an estimate."""
+
+    name: str
+    version: str
+
+
+class Prediction(BaseModel):
+    """The X-ray age of one upload (``xray_age`` is null when quality checks reject it)."""
+
+    xray_age: float | None = Field(description="X-ray age, years")
+    xray_age_lower: float | None = Field(description="lower prediction limit, years")
+    xray_age_upper: float | None = Field(description="upper prediction limit, years")
+    interval_coverage: float | None = Field(description="nominal coverage of the interval")
+    chronological_age: float | None = Field(description="from the header or age_years, years")
+    age_gap: float | None = Field(description="xray_age - chronological_age, years")
+    age_gap_corrected: float | None = Field(description="gap corrected for regression to "
+                                            "the mean, years")
+    qc_status: Literal["ok", "warn", "reject"]
+    qc_reasons: list[str] = Field(description="quality-check codes")
+    qc_messages: list[str] = Field(description="one sentence per quality-check code")
+    model: ModelInfo
+    heatmap_png_base64: str | None = Field(
+        None, description="class activation map overlay (PNG), when heatmap=true")
+    sr_dicom_base64: str | None = Field(
+        None, description="DICOM SR (Part 10 file), when sr=true and the upload is DICOM")
+    fhir_observation: dict[str, Any] | None = Field(
+        None, description="FHIR R4 Observation, when fhir=true")
+    notes: list[str] = Field(
+        default_factory=list, description="why a requested output is missing")
+
+
+class Error(BaseModel):
+    """An error: ``detail`` says what went wrong and what to do."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"]
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Error, "description": text} for code, text in {
+        400: "unreadable image (corrupt or truncated)",
+        401: "missing or wrong API key",
+        413: "upload or image too large",
+        415: "not multipart/form-data, or not a DICOM, PNG or JPEG image",
+        501: "the requested output needs an extra that is not installed",
+        503: "server busy; retry after the Retry-After delay",
+        504: "request timed out",
+    }.items()
+}
+
+
+@dataclass(frozen=True)
+class _Options:
+    heatmap: bool
+    sr: bool
+    fhir: bool
+
+
+class _RefusedError(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
+               api_key: str | None = None,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               timeout_s: float = 60.0, max_queue: int = 8, workers: int = 1,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+    """Build the FastAPI application.
+
+    Parameters
+    ----------
+    model : XRayAge, str or path, optional
+        A loaded estimator, or a bundled model name or model directory to load
+        (default: the bundled model).
+    api_key : str, optional
+        When set, every route but ``/healthz`` and the static page needs it, in
+        header ``X-API-Key`` or ``Authorization: Bearer``.
+    max_upload_bytes : int
+        Largest request body; larger uploads get 413 as soon as they pass it.
+    timeout_s : float
+        Per-request deadline (upload, queue and inference): 504 when passed.
+    max_queue : int
+        Requests allowed to wait for an inference thread; more get 503 + Retry-After.
+    workers : int
+        Concurrent inference threads.
+    max_pixels : int
+        Largest decoded image; larger ones (decompression bombs) get 413.
+
+    Returns
+    -------
+    fastapi.FastAPI
+
+    Examples
+    --------
+    >>> app = create_app("tests/tiny-model")  # doctest: +SKIP
+    >>> import uvicorn; uvicorn.run(app)  # doctest: +SKIP
+    """
+    estimator = model if isinstance(model, XRayAge) else XRayAge.load(model)
+    pool = InferencePool(workers=workers, max_queue=max_queue)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.shutdown()
+
+    app = FastAPI(
+        title="xrayage", version=__version__, lifespan=lifespan, docs_url=None,
+        redoc_url=None,  # their pages load scripts from a CDN; the schema stays
+        description="X-ray age from a frontal chest radiograph. Research software, "
+                    "not a medical device.",
+    )
+    app.state.estimator, app.state.pool = estimator, pool
+
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process is up and the model is loaded."""
+        return {"status": "ok"}
+
+    @app.get("/v1/model", tags=["model"], responses={401: _ERRORS[401]})
+    async def model_card() -> dict[str, Any]:
+        """The model card: preprocessing, training data, metrics, calibration, limits."""
+        return estimator.card.to_dict()
+
+    @app.post("/v1/predict", response_model=Prediction, tags=["model"],
+              responses=_ERRORS)
+    async def predict(
+        request: Request,
+        file: Annotated[UploadFile, File(description="DICOM, PNG or JPEG radiograph")],
+        age_years: Annotated[float | None, Form(ge=0, le=130, description=(
+            "chronological age, years (overrides the DICOM header)"))] = None,
+        sex: Annotated[Literal["M", "F", "O"] | None, Form()] = None,
+        heatmap: Annotated[bool, Form(description="return the heat map overlay")] = False,
+        sr: Annotated[bool, Form(description="return a DICOM SR (DICOM uploads)")] = False,
+        fhir: Annotated[bool, Form(description="return a FHIR Observation")] = False,
+        q_age_years: Annotated[float | None, Query(alias="age_years", ge=0, le=130)] = None,
+        q_sex: Annotated[Literal["M", "F", "O"] | None, Query(alias="sex")] = None,
+        q_heatmap: Annotated[bool, Query(alias="heatmap")] = False,
+        q_sr: Annotated[bool, Query(alias="sr")] = False,
+        q_fhir: Annotated[bool, Query(alias="fhir")] = False,
+    ) -> dict[str, Any]:
+        """Estimate the X-ray age of one radiograph.
+
+        Form fields and query parameters are equivalent (form wins). The format is
+        read from the content; the part's content type and file name are ignored.
+        """
+        ticket: Ticket = request.state.xrayage_ticket
+        data = await file.read()
+        options = _Options(heatmap or q_heatmap, sr or q_sr, fhir or q_fhir)
+        age = age_years if age_years is not None else q_age_years
+        try:
+            return await pool.run(ticket, lambda: _predict(
+                estimator, data, age, sex or q_sex, options, max_pixels))
+        except _RefusedError as exc:
+            logger.info("upload refused (%d): %s", exc.code, exc.detail)
+            raise HTTPException(exc.code, exc.detail) from None
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    known = frozenset(getattr(r, "path", "") for r in app.routes)
+    app.add_middleware(GuardMiddleware, pool=pool, api_key=api_key,  # type: ignore[arg-type]
+                       max_upload_bytes=max_upload_bytes, timeout_s=timeout_s,
+                       known_paths=known)
+    return app
+
+
+def _predict(estimator: XRayAge, data: bytes, age_years: float | None, sex: str | None,
+             options: _Options, max_pixels: int) -> dict[str, Any]:
+    """Read, estimate and format one upload (runs in a worker thread)."""
+    try:
+        rg = read_radiograph(data, name="upload", max_pixels=max_pixels)
+    except ImageTooLargeError as exc:
+        raise _RefusedError(413, str(exc)) from None
+    except UnsupportedFormatError as exc:
+        raise _RefusedError(415, str(exc)) from None
+    except XRayAgeInputError as exc:
+        raise _RefusedError(400, str(exc)) from None
+    item = PredictInput(rg, "upload", age_years, sex)
+    est = next(estimator.predict_many([item], heatmap=options.heatmap, keep_radiograph=True))
+    card = estimator.card
+    result: dict[str, Any] = est.to_record()
+    del result["path"], result["error"]
+    used = est.radiograph if est.radiograph is not None else rg  # with the age override
+    result["qc_messages"] = check_quality(used).messages
+    result["interval_coverage"] = (card.conformal.coverage
+                                   if card.conformal and est.xray_age_lower is not None else None)
+    result["model"] = {"name": card.name, "version": card.version}
+    if options.heatmap and est.heatmap is not None:
+        image = overlay(used.pixels, est.heatmap, card.preprocessing, max_side=768)
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        result["heatmap_png_base64"] = base64.b64encode(buf.getvalue()).decode("ascii")
+    if options.sr or options.fhir:
+        result.update(_clinical_outputs(est, estimator, options))
+    return result
+
+
+def _clinical_outputs(est: AgeEstimate, estimator: XRayAge,
+                      options: _Options) -> dict[str, Any]:
+    """The DICOM SR and FHIR Observation, built by :mod:`xrayage.outputs`."""
+    out: dict[str, Any] = {"notes": []}
+    if est.xray_age is None:
+        out["notes"].append("sr/fhir: no X-ray age (the quality checks rejected the image)")
+        return out
+    try:
+        from ..outputs import ClinicalOutputError, to_dicom_sr, to_fhir_observation
+    except ImportError as exc:
+        raise _RefusedError(501, f"sr/fhir need the 'clinical' extra: pip install "
+                            f"'xrayage[clinical]' ({exc})") from None
+    card = estimator.card
+
+    def sr() -> None:
+        buf = io.BytesIO()
+        to_dicom_sr(est, card).save_as(buf, enforce_file_format=True)
+        out["sr_dicom_base64"] = base64.b64encode(buf.getvalue()).decode("ascii")
+
+    def fhir() -> None:
+        out["fhir_observation"] = json.loads(to_fhir_observation(est, card).model_dump_json())
+
+    for wanted, build in ((options.sr, sr), (options.fhir, fhir)):
+        if not wanted:
+            continue
+        try:
+            build()
+        except ClinicalOutputError as exc:
+            out["notes"].append(str(exc))
+        except ImportError as exc:  # MissingExtraError: highdicom or fhir.resources
+            raise _RefusedError(501, str(exc)) from None
+    return out
