@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("xrayage.cli.export", "export"),
     "calibrate": ("xrayage.cli.calibrate", "calibrate"),
     "analyze": ("xrayage.cli.analyze", "analyze"),
+    "crossfit": ("xrayage.cli.crossfit", "crossfit"),
     "import-torchscript": ("xrayage.cli.import_torchscript", "import_torchscript_cmd"),
     "serve": ("xrayage.cli.serve", "serve"),
     "dicom-node": ("xrayage.cli.dicom_node", "dicom_node"),
