@@ -49,6 +49,7 @@ def _devices(value: str) -> str | int:
 @click.option("--all-views", is_flag=True, help="Keep lateral views too (default frontal only).")
 @click.option("--hflip/--no-hflip", default=False, show_default=True,
               help="Random horizontal flips (off: the chest is not left-right symmetric).")
+@click.option("--no-augment", is_flag=True, help="No augmentation (to check overfitting).")
 @click.option("--max-steps", type=int, default=-1, help="Stop after this many steps (tests).")
 @click.option("--patience", type=int, default=5, show_default=True, help="Early stopping.")
 @click.option("--resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -80,7 +81,7 @@ def train(**kw: object) -> None:
         init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
         val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
         min_age=kw["min_age"], max_age=kw["max_age"], all_views=bool(kw["all_views"]),
-        hflip=bool(kw["hflip"]), max_steps=kw["max_steps"], patience=kw["patience"],
+        hflip=bool(kw["hflip"]), augment=not kw["no_augment"], max_steps=kw["max_steps"], patience=kw["patience"],
         resume=str(kw["resume"]) if kw["resume"] else None, num_workers=kw["num_workers"],
         cache_dir=str(kw["cache_dir"]) if kw["cache_dir"] else None,
         cache_workers=kw["cache_workers"], cache_only=bool(kw["cache_only"]),

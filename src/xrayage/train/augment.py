@@ -44,6 +44,8 @@ class AugmentConfig:
         Maximum standard deviation of additive Gaussian noise.
     hflip : bool
         Mirror left-right with probability 0.5 (off by default, see the module docstring).
+    enabled : bool
+        False turns every transform off (to check that a model can overfit).
     """
 
     rotation_deg: float = 7.0
@@ -54,6 +56,7 @@ class AugmentConfig:
     gamma: float = 0.25
     noise_std: float = 0.02
     hflip: bool = False
+    enabled: bool = True
 
 
 def to_float(batch: torch.Tensor) -> torch.Tensor:

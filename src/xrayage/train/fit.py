@@ -59,6 +59,7 @@ class TrainConfig:
     max_age: float | None = None
     all_views: bool = False
     hflip: bool = False
+    augment: bool = True
     max_steps: int = -1
     limit_train_batches: float | int | None = None
     patience: int = 5
@@ -182,7 +183,7 @@ def fit(cfg: TrainConfig) -> Path:
         backbone_lr_mult=cfg.backbone_lr_mult, freeze_stages=cfg.freeze_stages,
         init_weights=cfg.init_weights, init_age=info["train_mean_age"] or 50.0,
         age_scale=max(1.0, info["train_sd_age"] or 15.0),
-        augment_cfg={"hflip": cfg.hflip}, run_dir=str(out.resolve()),
+        augment_cfg={"hflip": cfg.hflip, "enabled": cfg.augment}, run_dir=str(out.resolve()),
     )
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:03d}-{val_mae:.3f}",
                            monitor="val_mae", mode="min", save_last=True, save_top_k=1)

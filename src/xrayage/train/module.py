@@ -84,7 +84,7 @@ class AgeModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, ages = batch
         x = to_float(images)
-        if self.trainer is not None and self.trainer.training:
+        if self.aug.enabled and self.trainer is not None and self.trainer.training:
             x = augment(x, self.aug)
         return normalize(x, self.spec), ages.float()
 

@@ -1,0 +1,203 @@
+"""Evaluate an ONNX X-ray age model on a dataset: metrics overall and by sex, view, age band.
+
+Needs no torch: images go through the same reader, quality check and preprocessing as
+inference, and the model runs on ONNX Runtime. Unreadable or QC-rejected images are
+counted and listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .datasets import Sample, filter_samples, load_dataset
+from .datasets.splits import Split
+from .metrics import age_band, age_metrics, grouped_metrics
+from .model import load_model
+
+logger = logging.getLogger(__name__)
+
+JSON_KEYS = ("n", "mae", "rmse", "bias", "r", "r2", "icc", "mae_no_skill")
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate`.
+
+    Attributes
+    ----------
+    metrics : dict
+        :func:`~xrayage.metrics.age_metrics` over all scored images.
+    groups : dict
+        The same metrics by ``sex``, ``view`` and ``age_band``.
+    predictions : list of dict
+        ``path, age_years, xray_age, sex, view`` per scored image.
+    problems : list of dict
+        ``path, status`` (``failed``/``rejected``) and ``reason`` per image not scored.
+    notes : list of str
+        Caveats, e.g. where the no-skill median came from.
+    """
+
+    metrics: dict[str, Any]
+    groups: dict[str, Any]
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line JSON object: ``n, mae, rmse, bias, r, r2, icc, mae_no_skill`` first."""
+        out = {k: self.metrics[k] for k in JSON_KEYS}
+        out.update(age_mean=self.metrics["age_mean"], age_sd=self.metrics["age_sd"],
+                   no_skill_median=self.metrics["no_skill_median"],
+                   failed=sum(p["status"] == "failed" for p in self.problems),
+                   rejected=sum(p["status"] == "rejected" for p in self.problems),
+                   groups=self.groups, notes=self.notes)
+        return out
+
+
+def _load_one(sample: Sample, spec: Any, qc: bool) -> tuple[str, Any]:
+    from .errors import XRayAgeInputError
+    from .io import read_radiograph
+    from .preprocess import preprocess
+    from .quality import check_header, check_pixels, check_quality
+
+    try:
+        rg = read_radiograph(sample.path)
+        if qc:
+            report = check_quality(rg, checks=[check_header, check_pixels])
+            if report.status.value == "reject":
+                return "rejected", ",".join(report.reasons)
+        return "ok", preprocess(rg, spec)
+    except XRayAgeInputError as exc:
+        return "failed", str(exc)
+    except (OSError, ValueError, MemoryError) as exc:
+        return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def evaluate(
+    dataset: str,
+    model: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 16,
+    qc: bool = True,
+    all_views: bool = False,
+    adults_only: bool = False,
+    threads: int | None = None,
+) -> Evaluation:
+    """Score a model on a dataset.
+
+    Parameters
+    ----------
+    dataset : str
+        Dataset spec (``nih:/data/nih``, ``manifest:/data/manifest.csv?source=nih_cxr14``).
+    model : str or path, optional
+        Bundled model name or model directory (default: the bundled model).
+    split : {'train', 'val', 'test'}, optional
+        Keep only that split's patients, from ``run_dir/split.json``.
+    run_dir : path, optional
+        The training run directory (needed with `split`).
+    batch_size : int
+    qc : bool
+        Skip (and count) images the quality check rejects.
+    all_views, adults_only : bool
+        Dataset filters (default: frontal views, all ages).
+    threads : int, optional
+        ONNX Runtime threads.
+
+    Returns
+    -------
+    Evaluation
+    """
+    age_model = load_model(model, threads=threads)
+    spec = age_model.card.preprocessing
+    samples = filter_samples(load_dataset(dataset, role="eval").samples,
+                             frontal_only=not all_views, adults_only=adults_only)
+    if split is not None:
+        if run_dir is None:
+            raise ValueError("--split needs --run-dir (the training run holding split.json)")
+        samples = Split.load(Path(run_dir) / "split.json").assign(samples, split)
+    if not samples:
+        raise ValueError(f"{dataset}: no samples to evaluate after filtering")
+    notes: list[str] = []
+    median = age_model.card.metrics.get("train_median_age")
+    if median is None:
+        notes.append("no training median in the model card: mae_no_skill uses the evaluated "
+                     "data's own median (optimistic)")
+    kept: list[Sample] = []
+    preds: list[np.ndarray] = []
+    problems: list[dict[str, Any]] = []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch:
+            preds.append(age_model.run(np.stack(batch)).age)
+            batch.clear()
+
+    for s in samples:
+        status, value = _load_one(s, spec, qc)
+        if status != "ok":
+            problems.append({"path": str(s.path), "status": status, "reason": value})
+            continue
+        kept.append(s)
+        batch.append(value)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if problems:
+        logger.warning("%d of %d images not scored (failed or rejected)", len(problems),
+                       len(samples))
+    ages = np.asarray([s.age_years for s in kept], dtype=np.float64)
+    xray = np.concatenate(preds) if preds else np.zeros(0)
+    groups = grouped_metrics(ages, xray, {
+        "sex": [s.sex for s in kept], "view": [s.view for s in kept],
+        "age_band": [age_band(a) for a in ages]}, median)
+    predictions = [{"path": str(s.path), "age_years": s.age_years, "xray_age": float(p),
+                    "sex": s.sex, "view": s.view} for s, p in zip(kept, xray, strict=True)]
+    return Evaluation(age_metrics(ages, xray, median), groups, predictions, problems, notes)
+
+
+def plot(result: Evaluation, directory: str | os.PathLike[str]) -> list[Path]:
+    """Write ``scatter.png`` (with identity line) and ``bland_altman.png``; return the paths."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("evaluation plots", "train", exc) from exc
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    y = np.asarray([p["age_years"] for p in result.predictions])
+    p = np.asarray([p["xray_age"] for p in result.predictions])
+    m = result.metrics
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(y, p, s=8, alpha=0.6)
+    lo, hi = (float(min(y.min(), p.min())), float(max(y.max(), p.max()))) if len(y) else (0, 100)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
+    ax.set(xlabel="chronological age (years)", ylabel="X-ray age (years)",
+           title=f"n={m['n']}  MAE={m['mae']:.2f}  r={m['r']:.2f}")
+    ax.legend(loc="upper left")
+    paths = [out / "scatter.png", out / "bland_altman.png"]
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    mean, diff = (y + p) / 2, p - y
+    sd = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+    ax.scatter(mean, diff, s=8, alpha=0.6)
+    for level, style in ((m["bias"], "-"), (m["bias"] + 1.96 * sd, "--"),
+                         (m["bias"] - 1.96 * sd, "--")):
+        ax.axhline(level, color="k", ls=style, lw=1)
+    ax.set(xlabel="mean of X-ray and chronological age (years)",
+           ylabel="X-ray age − age (years)",
+           title=f"Bland–Altman: bias {m['bias']:.2f}, limits ±{1.96 * sd:.2f}")
+    fig.savefig(paths[1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths

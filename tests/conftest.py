@@ -1,0 +1,44 @@
+"""Shared fixtures for the training/evaluation tests: the real data beside the repository."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(
+    os.environ.get("XRAYAGE_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared"
+                   / "data")
+).resolve()
+NIH_TABLE = SHARED_DATA / "metadata" / "Data_Entry_2017_v2020.csv.gz"
+NIH_IMAGES = SHARED_DATA / "images" / "nih_cxr14"
+MANIFEST = SHARED_DATA / "manifest.csv"
+
+requires_shared_data = pytest.mark.skipif(
+    not MANIFEST.is_file(), reason="../shared/data (or $XRAYAGE_SHARED_DATA) is not present"
+)
+
+
+def write_nih_subset(directory: Path, n: int, offset: int = 0) -> Path:
+    """Write a manifest of `n` NIH rows of the shared manifest (absolute paths); return it."""
+    with open(MANIFEST, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["source"] == "nih_cxr14"]
+    rows = rows[offset : offset + n]
+    for r in rows:
+        r["path"] = str(MANIFEST.parent / r["path"])
+    out = directory / "manifest.csv"
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder; skips the test when it is missing."""
+    if not MANIFEST.is_file():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
