@@ -68,7 +68,7 @@ class Destination:
         host, sep2, port = host.rpartition(":")
         if not (sep and sep2 and host and port.isdigit()):
             raise ValueError(f"{text!r}: expected HOST:PORT:AET, e.g. 127.0.0.1:4242:ORTHANC")
-        aet = rest.strip()
+        host, aet = host.strip("[]"), rest.strip()  # [::1] style IPv6 literals
         if not 1 <= int(port) <= 65535 or not 1 <= len(aet) <= 16:
             raise ValueError(f"{text!r}: port must be 1-65535 and the AE title 1-16 characters")
         return cls(host, int(port), aet)
