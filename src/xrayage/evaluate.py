@@ -114,8 +114,6 @@ def evaluate(
     -------
     Evaluation
     """
-    age_model = load_model(model, threads=threads)
-    spec = age_model.card.preprocessing
     samples = filter_samples(load_dataset(dataset, role="eval").samples,
                              frontal_only=not all_views, adults_only=adults_only)
     if split is not None:
@@ -124,6 +122,8 @@ def evaluate(
         samples = Split.load(Path(run_dir) / "split.json").assign(samples, split)
     if not samples:
         raise ValueError(f"{dataset}: no samples to evaluate after filtering")
+    age_model = load_model(model, threads=threads)
+    spec = age_model.card.preprocessing
     notes: list[str] = []
     median = age_model.card.metrics.get("train_median_age")
     if median is None:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
+
+from ..errors import XRayAgeError, XRayAgeInputError
+
+
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    """Report a plain ValueError (bad spec, option or data) as a bad-input error (exit 2)."""
+    try:
+        yield
+    except XRayAgeError:
+        raise
+    except ValueError as exc:
+        raise XRayAgeInputError(str(exc)) from exc
 
 
 def _clean(value: object) -> object:
@@ -45,9 +60,10 @@ def evaluate(dataset: str, model: str | None, as_json: bool, plots: Path | None,
     from ..evaluate import evaluate as run_evaluation
     from ..evaluate import plot
 
-    result = run_evaluation(dataset, model, split=split, run_dir=run_dir, batch_size=batch_size,
-                            qc=not no_qc, all_views=all_views, adults_only=adults_only,
-                            threads=threads)
+    with input_errors():
+        result = run_evaluation(dataset, model, split=split, run_dir=run_dir,
+                                batch_size=batch_size, qc=not no_qc, all_views=all_views,
+                                adults_only=adults_only, threads=threads)
     if plots is not None and result.predictions:
         plot(result, plots)
     if predictions is not None:

@@ -27,8 +27,11 @@ def export(checkpoint: Path, out: Path, opset: int, name: str | None, images: tu
     require_torch("xrayage export")
     from ..train.export import export as run_export
 
-    card = run_export(checkpoint, out, opset=opset, images=list(images) or None, name=name,
-                      val_metrics=not no_val_metrics, unsafe=unsafe_load)
+    from .evaluate import input_errors
+
+    with input_errors():
+        card = run_export(checkpoint, out, opset=opset, images=list(images) or None, name=name,
+                          val_metrics=not no_val_metrics, unsafe=unsafe_load)
     check = card.extra["verification"]
     click.echo(f"wrote {out / card.onnx_file} (sha256 {card.onnx_sha256[:12]}...): "
                f"max |ORT - torch| {check['max_abs_age_diff']:.1e} y on {check['images']} images")

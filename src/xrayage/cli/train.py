@@ -81,7 +81,8 @@ def train(**kw: object) -> None:
         init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
         val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
         min_age=kw["min_age"], max_age=kw["max_age"], all_views=bool(kw["all_views"]),
-        hflip=bool(kw["hflip"]), augment=not kw["no_augment"], max_steps=kw["max_steps"], patience=kw["patience"],
+        hflip=bool(kw["hflip"]), augment=not kw["no_augment"], max_steps=kw["max_steps"],
+        patience=kw["patience"],
         resume=str(kw["resume"]) if kw["resume"] else None, num_workers=kw["num_workers"],
         cache_dir=str(kw["cache_dir"]) if kw["cache_dir"] else None,
         cache_workers=kw["cache_workers"], cache_only=bool(kw["cache_only"]),
@@ -89,5 +90,8 @@ def train(**kw: object) -> None:
         strategy=str(kw["strategy"]), num_nodes=kw["num_nodes"],
         precision=kw["precision"], progress=not kw["no_progress"],
     )  # type: ignore[arg-type]
-    best = fit(cfg)
+    from .evaluate import input_errors
+
+    with input_errors():
+        best = fit(cfg)
     click.echo(f"best checkpoint: {best}")

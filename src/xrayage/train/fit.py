@@ -187,7 +187,8 @@ def fit(cfg: TrainConfig) -> Path:
     )
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:03d}-{val_mae:.3f}",
                            monitor="val_mae", mode="min", save_last=True, save_top_k=1)
-    callbacks = [best, EarlyStopping("val_mae", patience=cfg.patience, mode="min"),
+    stop = EarlyStopping("val_mae", patience=cfg.patience, mode="min", strict=False)
+    callbacks = [best, stop,
                  LearningRateMonitor("step")]
     if cfg.progress:
         callbacks.append(RichProgressBar())

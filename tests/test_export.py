@@ -1,0 +1,103 @@
+"""End-to-end round trip: train -> checkpoint -> export (verified) -> ONNX evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="needs the 'train' extra")
+
+from xrayage.card import ModelCard, sha256_file  # noqa: E402
+from xrayage.cli.main import main  # noqa: E402
+from xrayage.errors import ModelError  # noqa: E402
+
+from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Overfit resnet18 at 64 px on 72 shared NIH images (the point: the loop learns)."""
+    if not (write_nih_subset.__globals__["MANIFEST"]).is_file():
+        pytest.skip("../shared/data is not present")
+    tmp = tmp_path_factory.mktemp("roundtrip")
+    manifest = write_nih_subset(tmp, 72)
+    run = tmp / "run"
+    code = main(["train", "--data", f"manifest:{manifest}", "--out", str(run), "--backbone",
+                 "resnet18", "--image-size", "64", "--epochs", "12", "--batch-size", "16",
+                 "--lr", "3e-3", "--no-augment", "--patience", "100", "--num-workers", "0",
+                 "--val-fraction", "0.15", "--seed", "0", "--no-progress",
+                 "--accelerator", "cpu"])
+    assert code == 0
+    return run, manifest
+
+
+@pytest.mark.slow
+@requires_shared_data
+def test_roundtrip(trained: tuple[Path, Path], tmp_path: Path,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    run, manifest = trained
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    out = tmp_path / "model"
+    assert main(["export", str(best), "--out", str(out)]) == 0
+    card = ModelCard.load(out)
+    assert card.onnx_sha256 == sha256_file(out / "model.onnx")
+    assert card.outputs == {"age": "age", "cam": "cam"}
+    assert card.preprocessing.image_size == 64 and card.preprocessing.channels == 1
+    check = card.extra["verification"]
+    assert check["images"] == 8 and check["max_abs_age_diff"] <= 1e-4
+    assert card.training_data[0]["licence"].startswith("NIH")
+    assert card.metrics["train_median_age"] is not None
+    assert card.metrics["validation"]["mae"] == pytest.approx(card.metrics["best_val_mae"],
+                                                             abs=1e-3)
+    assert card.bias_correction is None and card.conformal is None
+    capsys.readouterr()
+    assert main(["evaluate", f"manifest:{manifest}", "--model", str(out), "--split", "train",
+                 "--run-dir", str(run), "--json", "--plots", str(tmp_path / "plots")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result)[:8] == ["n", "mae", "rmse", "bias", "r", "r2", "icc", "mae_no_skill"]
+    assert result["n"] > 50 and result["failed"] == result["rejected"] == 0
+    assert result["mae"] < 0.8 * result["mae_no_skill"], result  # the loop learns
+    assert (tmp_path / "plots" / "scatter.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@requires_shared_data
+def test_export_hooks_and_cam(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from xrayage.card import BiasCorrection
+    from xrayage.model import AgeModel
+    from xrayage.train.export import export
+
+    run, _ = trained
+    ckpt = run / "checkpoints" / "last.ckpt"
+    card = export(ckpt, tmp_path / "m", card_updates={
+        "bias_correction": BiasCorrection(slope=0.8, intercept=9.0, n=10)}, val_metrics=False)
+    assert ModelCard.load(tmp_path / "m").bias_correction == card.bias_correction
+    model = AgeModel(tmp_path / "m")
+    x = np.random.default_rng(0).normal(size=(3, 1, 64, 64)).astype(np.float32)
+    out = model.run(x, cam=True)
+    assert out.cam is not None and out.cam.shape == (3, 2, 2)
+    np.testing.assert_allclose(out.cam.mean((1, 2)) + card.extra["cam_bias"], out.age, atol=1e-3)
+    with pytest.raises(ValueError, match="no field"):
+        export(ckpt, tmp_path / "m2", card_updates={"colour": 1}, val_metrics=False)
+
+
+@pytest.mark.slow
+@requires_shared_data
+def test_export_refuses_without_real_images(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from xrayage.train.export import export
+
+    run, _ = trained
+    copy = tmp_path / "ckpt.ckpt"
+    shutil.copy(run / "checkpoints" / "last.ckpt", copy)
+    (run / "split.json").rename(run / "split.bak")
+    try:
+        with pytest.raises(ModelError, match="no real image"):
+            export(copy, tmp_path / "m", val_metrics=False)
+    finally:
+        (run / "split.bak").rename(run / "split.json")
