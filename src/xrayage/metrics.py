@@ -9,6 +9,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -92,7 +93,7 @@ def age_metrics(
 
 def age_band(age: float, edges: Sequence[float] = AGE_BANDS) -> str:
     """Label of the band holding `age`, e.g. ``"40-59"`` or ``"80+"``."""
-    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
+    for lo, hi in itertools.pairwise(edges):
         if lo <= age < hi:
             return f"{lo:g}+" if hi >= 150 else (f"<{hi:g}" if lo <= 0 else f"{lo:g}-{hi - 1:g}")
     return "other"

@@ -95,7 +95,7 @@ def split_patients(
         # Carry rounding remainders across bins so small bins still sum to the fractions.
         carry_val += val_fraction * len(ids)
         carry_test += test_fraction * len(ids)
-        n_val, n_test = int(round(carry_val)), int(round(carry_test))
+        n_val, n_test = round(carry_val), round(carry_test)
         n_val, n_test = min(n_val, len(ids)), min(n_test, len(ids) - min(n_val, len(ids)))
         carry_val -= n_val
         carry_test -= n_test
