@@ -126,3 +126,18 @@ def test_cli_writes_dicom_outputs_and_warns_for_png(estimator: XRayAge, tmp_path
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("chest.png: no DICOM SR" in m and "not DICOM" in m for m in warned)
     assert any("chest.png: no DICOM Secondary Capture" in m for m in warned)
+
+
+def test_source_without_type2_patient_attributes(tmp_path: Path) -> None:
+    """Real radiographs often lack PatientID or PatientBirthDate: the SR is still made."""
+    from xrayage.predict import PredictInput
+
+    from .dicom_factory import make_dataset, to_bytes
+    from .onnx_factory import build_tiny_model
+
+    ds = make_dataset(PatientBirthDate=None, PatientSex=None, PatientName=None, PatientID=None,
+                      StudyDate=None)
+    model = XRayAge.load(build_tiny_model(tmp_path / "m"))
+    est = next(model.predict_many([PredictInput(to_bytes(ds), "bare.dcm")], keep_radiograph=True))
+    sr = to_dicom_sr(est, model.card)
+    assert sr.PatientID == "" and sr.StudyInstanceUID == ds.StudyInstanceUID

@@ -74,7 +74,19 @@ def require_dicom(estimate: AgeEstimate, output: str) -> Any:
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not ds.get(keyword):
             raise ClinicalOutputError(f"{_label(estimate)}: no {output}: source lacks {keyword}")
+    missing = [k for k in TYPE2_PATIENT_STUDY if k not in ds]
+    if missing:  # outputs copy these Type 2 attributes; real sources often omit some
+        ds = ds.copy()
+        for keyword in missing:
+            setattr(ds, keyword, "")
     return ds
+
+
+TYPE2_PATIENT_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+"""Type 2 attributes of the Patient and General Study modules that derived objects copy."""
 
 
 @contextlib.contextmanager
