@@ -6,6 +6,7 @@ module adds the per-group breakdown the report shows and the two standard plots.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ def age_accuracy(xray_age: Any, age_years: Any, sex: Any | None = None,
     if keep.sum() < 3:
         raise CohortDataError(f"accuracy needs at least 3 images with both ages, "
                               f"got {int(keep.sum())}")
-    groups = {"age_band": [age_band(a) for a in age[keep]]}
+    groups: dict[str, Sequence[str]] = {"age_band": [age_band(a) for a in age[keep]]}
     if sex is not None:
         groups["sex"] = ["" if v is None or v != v else str(v)
                          for v in np.asarray(sex, dtype=object)[keep]]

@@ -201,7 +201,7 @@ class GapCoxFitter:
             groups = pd.Series(np.where(gap > 0, "gap > 0", "gap ≤ 0"), index=frame.index)
         else:
             edges = gap.quantile([1 / 3, 2 / 3]).to_numpy()
-            names = [f"gap < {edges[0]:.1f} y", f"{edges[0]:.1f} to {edges[1]:.1f} y",
+            names = [f"gap < {edges[0]:.1f} y", f"gap {edges[0]:.1f} to {edges[1]:.1f} y",
                      f"gap ≥ {edges[1]:.1f} y"]
             groups = pd.Series(np.select([gap < edges[0], gap < edges[1]], names[:2], names[2]),
                                index=frame.index)

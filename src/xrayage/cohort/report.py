@@ -111,9 +111,10 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return html.escape(str(v))
 
 
-def _table(rows: list[list[Any]], header: list[str]) -> str:
+def _table(rows: list[list[Any]], header: list[str], digits: int = 2) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c, digits)}</td>" for c in r) + "</tr>"
+                   for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -183,12 +184,13 @@ def render_html(a: CohortAnalysis, summary: dict[str, Any], images: dict[str, st
             f"p={_fmt(p['p'])}</b>, adjusted for the other covariates below.</p>"
             + _table([[k, v["exp(coef)"], v["exp(coef) lower"],
                        v["exp(coef) upper"], v["p"]] for k, v in p["cox"].items()],
-                     ["covariate", "HR", "lower", "upper", "p"])
+                     ["covariate", "HR", "lower", "upper", "p"], digits=3)
             + "<h3>Proportional hazards (Schoenfeld residuals, rank time)</h3>"
             + _table([[k, v["test_statistic"], v["p"]] for k, v in p["ph_test"].items()],
                      ["covariate", "statistic", "p"])
             + "<h3>Discrimination (apparent C-index)</h3>"
-            + _table([[k, v] for k, v in ci.items()], ["model", "C-index"])
+            + _table([[k, v] for k, v in ci.items()], ["model", "C-index"], digits=3)
+            + "<p>adjusted = age + sex + covariates.</p>"
             + f"<p>Gain of age + gap over age: {_fmt(p['c_index_gain'], 3)} (bootstrap CI "
             f"{_fmt(p['c_index_gain_ci'][0], 3)} to {_fmt(p['c_index_gain_ci'][1], 3)}).</p>"
             + f"<h3>Kaplan–Meier ({html.escape(p['km_groups'])})</h3>"
