@@ -10,17 +10,17 @@ import pytest
 
 pytest.importorskip("torch", reason="needs the 'train' extra")
 
-from xrayage.card import ModelCard, sha256_file  # noqa: E402
-from xrayage.cli.main import main  # noqa: E402
-from xrayage.errors import ModelError  # noqa: E402
+from xrayage.card import ModelCard, sha256_file
+from xrayage.cli.main import main
+from xrayage.errors import ModelError
 
-from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
+from .conftest import MANIFEST, requires_shared_data, write_nih_subset
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Overfit resnet18 at 64 px on 72 shared NIH images (the point: the loop learns)."""
-    if not (write_nih_subset.__globals__["MANIFEST"]).is_file():
+    if not MANIFEST.is_file():
         pytest.skip("../shared/data is not present")
     tmp = tmp_path_factory.mktemp("roundtrip")
     manifest = write_nih_subset(tmp, 72)

@@ -114,7 +114,9 @@ def evaluate(
     -------
     Evaluation
     """
-    samples = filter_samples(load_dataset(dataset, role="eval").samples,
+    # A training run's split refers to the data as training loaded it (NIH: train_val list).
+    role = "train" if split is not None else "eval"
+    samples = filter_samples(load_dataset(dataset, role=role).samples,
                              frontal_only=not all_views, adults_only=adults_only)
     if split is not None:
         if run_dir is None:

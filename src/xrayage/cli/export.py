@@ -26,7 +26,6 @@ def export(checkpoint: Path, out: Path, opset: int, name: str | None, images: tu
 
     require_torch("xrayage export")
     from ..train.export import export as run_export
-
     from .evaluate import input_errors
 
     with input_errors():

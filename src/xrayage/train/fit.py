@@ -122,6 +122,7 @@ def prepare(cfg: TrainConfig) -> tuple[list[Dataset], Split, ImageCache, dict[st
             time.sleep(2)
         cache = build_cache(samples, spec, cache_root, workers=0, progress=False)
     train = split.assign(samples, "train")
+    used = {str(Path(s.path).resolve()) for s in samples}
     ages = np.asarray([s.age_years for s in cache.locate(train)[0]])
     info = {
         "config": dataclasses.asdict(cfg),
@@ -130,8 +131,7 @@ def prepare(cfg: TrainConfig) -> tuple[list[Dataset], Split, ImageCache, dict[st
         "images": len(samples),
         "train_images": len(ages),
         "cache": str(cache.directory),
-        "cache_problems": len([p for p in cache.problems() if p["path"] in
-                               {str(Path(s.path).resolve()) for s in samples}]),
+        "cache_problems": len([p for p in cache.problems() if p["path"] in used]),
         "train_median_age": float(np.median(ages)) if len(ages) else None,
         "train_mean_age": float(ages.mean()) if len(ages) else None,
         "train_sd_age": float(ages.std()) if len(ages) > 1 else None,
@@ -140,7 +140,7 @@ def prepare(cfg: TrainConfig) -> tuple[list[Dataset], Split, ImageCache, dict[st
         split.save(split_file)
         (out / "preprocess.json").write_text(json.dumps(info["preprocessing"], indent=1) + "\n")
         with open(out / "cache_problems.jsonl", "w") as handle:
-            handle.writelines(json.dumps(p) + "\n" for p in cache.problems())
+            handle.writelines(json.dumps(p) + "\n" for p in cache.problems() if p["path"] in used)
         (out / "run.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
     if info["cache_problems"]:
         logger.warning("%d images failed to decode or were rejected by QC: see %s",
