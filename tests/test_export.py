@@ -101,3 +101,32 @@ def test_export_refuses_without_real_images(trained: tuple[Path, Path], tmp_path
             export(copy, tmp_path / "m", val_metrics=False)
     finally:
         (run / "split.bak").rename(run / "split.json")
+
+
+@requires_shared_data
+def test_gaussian_export_without_training(tmp_path: Path) -> None:
+    """A Gaussian-NLL model exports age, log_var and cam; ORT σ matches torch."""
+    import torch
+    from lightning import __version__ as pl_version
+
+    from xrayage.card import PreprocessSpec
+    from xrayage.datasets import load_dataset
+    from xrayage.model import AgeModel
+    from xrayage.train.export import export
+    from xrayage.train.module import AgeModule
+
+    spec = PreprocessSpec(image_size=64)
+    module = AgeModule("resnet18", spec=spec.__dict__, loss="gaussian_nll", init_age=50,
+                       age_scale=15).eval()
+    x = torch.randn(4, 1, 64, 64)
+    age, log_var = module(x)
+    loss = module._loss(age, log_var, torch.full((4,), 40.0))
+    assert torch.isfinite(loss)
+    ckpt = tmp_path / "g.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": pl_version}, ckpt)
+    images = [s.path for s in load_dataset(f"manifest:{MANIFEST}?source=nih_cxr14").samples[:3]]
+    card = export(ckpt, tmp_path / "m", images=images, val_metrics=False)
+    assert card.outputs == {"age": "age", "log_var": "log_var", "cam": "cam"}
+    out = AgeModel(tmp_path / "m").run(np.zeros((2, 1, 64, 64), np.float32), cam=True)
+    assert out.sigma is not None and np.all(out.sigma > 0) and out.cam.shape == (2, 2, 2)
