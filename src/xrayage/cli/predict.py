@@ -45,10 +45,17 @@ def heatmap_name(path: str) -> str:
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="ONNX Runtime threads (default: all cores).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: a Ray cluster (needs -o and the 'cluster' extra; see docs/scale.md).")
+@click.option("--address", default=None,
+              help="Ray cluster: auto or ray://HOST:10001 (default: start a local Ray).")
+@click.option("--num-workers", default=None, type=click.IntRange(1, 100_000),
+              help="Ray inference actors (default: one per GPU, else half the CPUs).")
 def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None,
             heatmaps: Path | None, sr_dir: Path | None, sc_dir: Path | None,
             fhir_dir: Path | None, report_dir: Path | None, tta: bool, batch_size: int,
-            threads: int | None) -> None:
+            threads: int | None, engine: str, address: str | None,
+            num_workers: int | None) -> None:
     """Estimate X-ray age for INPUTS: files, folders (recursive) and CSV manifests.
 
     A manifest has a 'path' column (relative to the CSV) and optional 'age_years' and
@@ -57,6 +64,13 @@ def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None
     """
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
         raise click.BadParameter("must end in .csv or .jsonl", param_hint="--output")
+    if engine == "ray":
+        from .predict_ray import run_ray
+
+        clinical_dirs = (heatmaps, sr_dir, sc_dir, fhir_dir, report_dir)
+        run_ray(inputs, output, model_name, tta, batch_size, threads, address, num_workers,
+                any(d is not None for d in clinical_dirs))
+        return
     estimator = XRayAge.load(model_name, threads=threads, tta=tta, batch_size=batch_size)
     writer = ResultWriter(output) if output is not None else None
     done = writer.done if writer is not None else set()
