@@ -76,6 +76,10 @@ def test_crossfit_end_to_end(tmp_path: Path) -> None:
         assert held_out and not held_out & trained_on
     sidecar = json.loads(Path(str(path) + ".provenance.json").read_text())
     assert sidecar["out_of_fold"] and sidecar["k"] == 2
+    onnx = tmp_path / "run" / "fold0" / "model" / "model.onnx"
+    mtime = onnx.stat().st_mtime_ns
+    assert crossfit(cfg, k=2, threads=1) == path  # resumes: finished folds are not retrained
+    assert onnx.stat().st_mtime_ns == mtime
     out = tmp_path / "analysis"
     assert main(["analyze", str(path), "--expand-findings", "findings", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())

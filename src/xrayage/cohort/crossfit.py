@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 from collections import defaultdict
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..card import ModelCard
 from ..datasets import Sample, filter_samples, load_dataset
 from ..predict import RECORD_FIELDS
 from .table import SIDECAR_SUFFIX
@@ -60,14 +62,20 @@ def assign_folds(samples: Sequence[Sample], k: int, seed: int = 0) -> dict[str, 
     return folds
 
 
-def _write_manifest(path: Path, samples: Sequence[Sample], licences: dict[str, str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        w = csv.writer(handle)
-        w.writerow(["path", "source", "patient_id", "age_years", "sex", "view", "findings",
-                    "licence"])
-        for s in samples:
-            w.writerow([str(Path(s.path).resolve()), s.source, s.patient_id, s.age_years, s.sex,
-                        s.view, "|".join(s.findings), licences.get(str(s.path), "unknown")])
+def _write_manifest(path: Path, samples: Sequence[Sample], licences: dict[str, str]) -> bool:
+    """Write a training manifest; return True if an identical one was already there."""
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer)
+    w.writerow(["path", "source", "patient_id", "age_years", "sex", "view", "findings",
+                "licence"])
+    for s in samples:
+        w.writerow([str(Path(s.path).resolve()), s.source, s.patient_id, s.age_years, s.sex,
+                    s.view, "|".join(s.findings), licences.get(str(s.path), "unknown")])
+    data = buffer.getvalue().encode("utf-8")
+    if path.is_file() and path.read_bytes() == data:
+        return True
+    path.write_bytes(data)
+    return False
 
 
 def crossfit(cfg: Any, k: int = 5, predictions: str | Path | None = None,
@@ -85,6 +93,9 @@ def crossfit(cfg: Any, k: int = 5, predictions: str | Path | None = None,
         Output CSV (default ``cfg.out/oof_predictions.csv``).
     threads : int, optional
         ONNX Runtime threads for the predictions.
+
+    A fold whose exported model exists and whose training images and settings are unchanged
+    is not retrained, so an interrupted run resumes at the first unfinished fold.
 
     Returns
     -------
@@ -119,14 +130,22 @@ def crossfit(cfg: Any, k: int = 5, predictions: str | Path | None = None,
         fold_dir.mkdir(exist_ok=True)
         train = [s for s in samples if folds[s.patient_id] != i]
         test = [s for s in samples if folds[s.patient_id] == i]
-        _write_manifest(fold_dir / "train_manifest.csv", train, licences)
+        same = _write_manifest(fold_dir / "train_manifest.csv", train, licences)
         fold_cfg = dataclasses.replace(
             cfg, data=[f"manifest:{fold_dir / 'train_manifest.csv'}"], out=str(fold_dir),
             cache_dir=cfg.cache_dir or str(out / "cache"))
         logger.info("crossfit fold %d/%d: %d train, %d held-out images", i + 1, k, len(train),
                     len(test))
-        checkpoint = fit(fold_cfg)
-        card = export(checkpoint, fold_dir / "model", val_metrics=False)
+        stamp = json.dumps(dataclasses.asdict(fold_cfg), sort_keys=True, default=str)
+        stamp_file = fold_dir / "crossfit_config.json"
+        same = same and stamp_file.is_file() and stamp_file.read_text(encoding="utf-8") == stamp
+        stamp_file.write_text(stamp, encoding="utf-8")
+        if same and (fold_dir / "model" / "model_card.json").is_file():
+            logger.info("crossfit fold %d: reusing %s (same training images)", i,
+                        fold_dir / "model")
+            card = ModelCard.load(fold_dir / "model")
+        else:
+            card = export(fit(fold_cfg), fold_dir / "model", val_metrics=False)
         estimator = XRayAge.load(fold_dir / "model", threads=threads)
         items = [PredictInput(source=s.path, name=str(s.path), age_years=s.age_years,
                               sex=s.sex or None) for s in test]
