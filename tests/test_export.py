@@ -130,3 +130,23 @@ def test_gaussian_export_without_training(tmp_path: Path) -> None:
     assert card.outputs == {"age": "age", "log_var": "log_var", "cam": "cam"}
     out = AgeModel(tmp_path / "m").run(np.zeros((2, 1, 64, 64), np.float32), cam=True)
     assert out.sigma is not None and np.all(out.sigma > 0) and out.cam.shape == (2, 2, 2)
+
+
+@pytest.mark.slow
+@requires_shared_data
+def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
+    """--resume RUN/checkpoints/last.ckpt continues from its step (runs last: it extends RUN)."""
+    import torch
+
+    run, manifest = trained
+    last = run / "checkpoints" / "last.ckpt"
+    first = torch.load(last, map_location="cpu", weights_only=True)
+    assert main(["train", "--data", f"manifest:{manifest}", "--out", str(run), "--backbone",
+                 "resnet18", "--image-size", "64", "--epochs", "13", "--batch-size", "16",
+                 "--lr", "3e-3", "--no-augment", "--patience", "100", "--num-workers", "0",
+                 "--val-fraction", "0.15", "--no-progress", "--accelerator", "cpu",
+                 "--resume", str(last)]) == 0
+    after = torch.load(last, map_location="cpu", weights_only=True)
+    assert after["epoch"] == first["epoch"] + 1
+    assert after["global_step"] > first["global_step"]
+    assert json.loads((run / "run.json").read_text())["epochs_run"] == 13
