@@ -88,7 +88,7 @@ def write_input_shards(items: Iterable[PredictInput], directory: str | Path,
     total = 0
     for chunk in _chunked((i for i in items if i.name not in skip), rows_per_shard):
         table = pa.Table.from_pylist(
-            [{"path": i.name, "source": os.fspath(i.source), "age_years": i.age_years,
+            [{"path": i.name, "source": str(i.source), "age_years": i.age_years,
               "sex": i.sex} for i in chunk],
             schema=input_schema())
         path = directory / f"inputs_{len(shards):05d}.parquet"
