@@ -147,6 +147,6 @@ def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
                  "--val-fraction", "0.15", "--no-progress", "--accelerator", "cpu",
                  "--resume", str(last)]) == 0
     after = torch.load(last, map_location="cpu", weights_only=True)
-    assert after["epoch"] == first["epoch"] + 1
+    assert after["epoch"] > first["epoch"]
     assert after["global_step"] > first["global_step"]
     assert json.loads((run / "run.json").read_text())["epochs_run"] == 13
