@@ -39,6 +39,13 @@ def _devices(value: str) -> str | int:
 @click.option("--backbone-lr-mult", type=float, default=1.0, show_default=True)
 @click.option("--freeze-stages", type=int, default=0, show_default=True)
 @click.option("--feature-levels", default=None, help="Comma-separated levels, default last.")
+@click.option("--taps", default=None,
+              help="Comma-separated further backbone modules pooled into the head "
+                   "(e.g. block3,block5,block7,block9).")
+@click.option("--head", type=click.Choice(["trained", "ridge"]), default="trained",
+              show_default=True,
+              help="ridge: freeze the backbone and solve the linear head in closed form "
+                   "(a linear probe; penalty by patient-grouped CV).")
 @click.option("--init-weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="timm state dict (.safetensors) to start from.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -71,6 +78,7 @@ def train(**kw: object) -> None:
 
     require_torch("xrayage train")
     from ..train.fit import TrainConfig, fit
+    from ..train.probe import fit_linear_probe
 
     cfg = TrainConfig(
         data=list(kw["data"]), out=str(kw["out"]), backbone=str(kw["backbone"]),
@@ -78,6 +86,7 @@ def train(**kw: object) -> None:
         epochs=kw["epochs"], loss=str(kw["loss"]), lr=kw["lr"], weight_decay=kw["weight_decay"],
         batch_size=kw["batch_size"], backbone_lr_mult=kw["backbone_lr_mult"],
         freeze_stages=kw["freeze_stages"], feature_levels=_levels(kw["feature_levels"]),
+        taps=[t.strip() for t in str(kw["taps"]).split(",") if t.strip()] if kw["taps"] else None,
         init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
         val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
         min_age=kw["min_age"], max_age=kw["max_age"], all_views=bool(kw["all_views"]),
@@ -93,5 +102,5 @@ def train(**kw: object) -> None:
     from .evaluate import input_errors
 
     with input_errors():
-        best = fit(cfg)
+        best = fit_linear_probe(cfg) if kw["head"] == "ridge" else fit(cfg)
     click.echo(f"best checkpoint: {best}")

@@ -142,8 +142,10 @@ def export(
     run = json.loads((run_dir / "run.json").read_text()) if run_dir else {}
     card = ModelCard(
         name=name or out.name, version=__version__,
-        architecture=f"AgeNet(timm {hp['backbone']}, feature levels {net.feature_levels}, "
-                     f"GAP -> linear{' + log-variance' if gaussian else ''})",
+        architecture=f"AgeNet(timm {hp['backbone']}, feature levels {net.feature_levels}"
+                     f"{', taps ' + ','.join(net.taps) if net.taps else ''}, "
+                     f"GAP -> linear{' + log-variance' if gaussian else ''}"
+                     f"{', ridge on a frozen backbone' if run.get('head') == 'ridge' else ''})",
         preprocessing=spec, outputs={n: n for n in names},
         training_data=run.get("training_data", []),
         metrics={"best_val_mae": run.get("best_val_mae"),
@@ -151,6 +153,7 @@ def export(
                  "train_mean_age": run.get("train_mean_age"),
                  "train_images": run.get("train_images")},
         extra={"backbone": hp["backbone"], "feature_levels": net.feature_levels,
+               "taps": net.taps, "head": run.get("head", "trained"),
                "loss": hp["loss"], "cam_bias": net.age_bias(), "exporter": exporter,
                "opset": opset, "checkpoint": str(checkpoint),
                "split_file": str(run_dir / "split.json") if run_dir else None},

@@ -51,6 +51,7 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     freeze_stages: int = 0
     feature_levels: list[int] | None = None
+    taps: list[str] | None = None
     init_weights: str | None = None
     seed: int = 0
     val_fraction: float = 0.1
@@ -179,7 +180,7 @@ def fit(cfg: TrainConfig) -> Path:
                        batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     module = AgeModule(
         backbone=cfg.backbone, spec=info["preprocessing"], feature_levels=cfg.feature_levels,
-        loss=cfg.loss, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        taps=cfg.taps, loss=cfg.loss, lr=cfg.lr, weight_decay=cfg.weight_decay,
         backbone_lr_mult=cfg.backbone_lr_mult, freeze_stages=cfg.freeze_stages,
         init_weights=cfg.init_weights, init_age=info["train_mean_age"] or 50.0,
         age_scale=max(1.0, info["train_sd_age"] or 15.0),

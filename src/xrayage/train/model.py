@@ -66,6 +66,12 @@ class AgeNet(nn.Module):
     feature_levels : sequence of int, optional
         Indices into the backbone's feature levels (negative counts from the end);
         default ``(-1,)``, the last level.
+    taps : sequence of str, optional
+        Names of further backbone modules (e.g. Xception's middle-flow ``block5``)
+        whose outputs are pooled into the head too. They must lie before the last
+        selected level (so they are built) and have a map size that divides the
+        largest level's. Intermediate blocks carry much of the age signal of a frozen
+        ImageNet backbone.
     gaussian : bool
         Add a second linear output, the log variance for a Gaussian NLL loss.
     init_weights : path, optional
@@ -88,6 +94,7 @@ class AgeNet(nn.Module):
         init_age: float = 50.0,
         age_scale: float = 15.0,
         image_size: int | None = None,
+        taps: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if in_chans not in (1, 3):
@@ -104,7 +111,18 @@ class AgeNet(nn.Module):
         self.backbone = (probe if levels == list(range(n)) and init_weights is None
                          else _create(backbone, in_chans, levels, init_weights))
         del probe
-        channels = list(self.backbone.feature_info.channels())
+        self.taps = list(taps or ())
+        self._tapped: list[torch.Tensor] = []
+        modules = dict(self.backbone.named_modules())
+        for name in self.taps:
+            # timm wraps backbones ("body.block3") and may flatten dots ("layer1_0")
+            found = sorted((n for n in modules if n.replace("_", ".") == name.replace("_", ".")
+                            or n.endswith("." + name)), key=len)
+            if not found:
+                raise ValueError(f"tap {name!r} is not a module of the truncated {backbone} "
+                                 f"backbone (levels {levels})")
+            modules[found[0]].register_forward_hook(self._keep)
+        channels = list(self.backbone.feature_info.channels()) + self._tap_channels(in_chans)
         self.channels = channels
         self.head = nn.Linear(sum(channels), 1)
         nn.init.normal_(self.head.weight, std=0.01)
@@ -119,9 +137,25 @@ class AgeNet(nn.Module):
         if image_size is not None:
             self.cam_size(image_size)
 
+    def _keep(self, module: nn.Module, args: object, output: torch.Tensor) -> None:
+        self._tapped.append(output)
+
+    @torch.no_grad()
+    def _tap_channels(self, in_chans: int) -> list[int]:
+        if not self.taps:
+            return []
+        was = self.training
+        self.backbone.eval()
+        feats = self.features(torch.zeros(1, in_chans, 96, 96))
+        self.backbone.train(was)
+        return [f.shape[1] for f in feats[len(feats) - len(self.taps):]]
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The selected feature maps, each (N, C_l, h_l, w_l)."""
-        return list(self.backbone(x))
+        """The selected feature maps, then the tapped ones, each (N, C_l, h_l, w_l)."""
+        self._tapped = []
+        levels = list(self.backbone(x))
+        tapped, self._tapped = self._tapped, []
+        return levels + tapped
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return age (N,) in years and, with the Gaussian head, log variance (N,)."""

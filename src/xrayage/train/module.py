@@ -30,6 +30,8 @@ class AgeModule(L.LightningModule):
     spec : dict
         ``dataclasses.asdict(PreprocessSpec)``; stored in the checkpoint.
     feature_levels : list of int, optional
+    taps : list of str, optional
+        Further backbone modules pooled into the head (see AgeNet).
     loss : {'l1', 'smooth_l1', 'gaussian_nll'}
         ``gaussian_nll`` adds a log-variance output (the model's σ in years).
     lr, weight_decay : float
@@ -65,6 +67,7 @@ class AgeModule(L.LightningModule):
         age_scale: float = 15.0,
         augment_cfg: dict[str, Any] | None = None,
         run_dir: str | None = None,
+        taps: list[str] | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -74,7 +77,8 @@ class AgeModule(L.LightningModule):
         self.aug = AugmentConfig(**(augment_cfg or {}))
         self.net = AgeNet(backbone, self.spec.channels, feature_levels,
                           gaussian=loss == "gaussian_nll", init_weights=init_weights,
-                          init_age=init_age, age_scale=age_scale, image_size=self.spec.image_size)
+                          init_age=init_age, age_scale=age_scale, image_size=self.spec.image_size,
+                          taps=taps)
         self.net.freeze_stages(freeze_stages)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,0 +1,164 @@
+"""Linear probe: a frozen (e.g. ImageNet) backbone with a closed-form ridge head.
+
+With few images and a CPU, fitting only the GAP -> linear head on frozen features is
+the strongest thing that can be trained: each image passes through the backbone once,
+and the head is solved exactly. The result is an ordinary
+:class:`~xrayage.train.model.AgeNet` checkpoint, exported like any other, with an exact
+CAM.
+
+The ridge penalty is chosen by patient-grouped k-fold cross-validation on the training
+split only; features are standardised inside the fit, and the standardisation is
+folded into the head's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..datasets import Sample
+from .cache import ImageCache
+from .fit import TrainConfig, prepare
+
+logger = logging.getLogger(__name__)
+
+ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 25))
+"""Ridge penalties searched (on standardised features)."""
+
+
+@torch.no_grad()
+def extract_features(model: Any, images: np.ndarray, spec: Any, batch_size: int = 16,
+                     hflip: bool = False) -> np.ndarray:
+    """GAP features of every selected level, concatenated: (N, Σ C_l) float64.
+
+    Parameters
+    ----------
+    model : AgeNet
+    images : numpy.ndarray
+        uint8 (N, S, S) from the training cache.
+    spec : PreprocessSpec
+    hflip : bool
+        Mirror the images first (a test of the augmentation, not a default).
+    """
+    from .augment import normalize, to_float
+
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        x = normalize(to_float(batch), spec)
+        if hflip:
+            x = torch.flip(x, dims=(-1,))
+        feats = model.features(x)
+        out.append(torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1).double().numpy())
+    return np.concatenate(out)
+
+
+def _solve(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
+    """Ridge coefficients (standardised x, centred y) for each alpha, via one SVD."""
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    uty = u.T @ y
+    return [vt.T @ (s / (s**2 + a) * uty) for a in alphas]
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, sd = x.mean(axis=0), x.std(axis=0)
+    return mean, np.where(sd > 1e-12, sd, 1.0)
+
+
+def choose_alpha(x: np.ndarray, y: np.ndarray, groups: Sequence[str], folds: int = 5,
+                 seed: int = 0, alphas: Sequence[float] = ALPHAS) -> tuple[float, np.ndarray]:
+    """Pick the penalty by grouped k-fold CV (groups = patients); return it and the
+    out-of-fold predictions at that penalty."""
+    names = np.array(sorted(set(groups)))
+    fold_of = dict(zip(np.random.default_rng(seed).permutation(names),
+                       np.arange(len(names)) % folds, strict=True))
+    fold = np.array([fold_of[g] for g in groups])
+    preds = np.zeros((len(alphas), len(y)))
+    for k in range(folds):
+        tr, va = fold != k, fold == k
+        mean, sd = _standardise(x[tr])
+        coefs = _solve((x[tr] - mean) / sd, y[tr] - y[tr].mean(), alphas)
+        for i, coef in enumerate(coefs):
+            preds[i, va] = ((x[va] - mean) / sd) @ coef + y[tr].mean()
+    mae = np.abs(preds - y).mean(axis=1)
+    best = int(np.argmin(mae))
+    return float(alphas[best]), preds[best]
+
+
+def set_head(model: Any, x: np.ndarray, y: np.ndarray, alpha: float) -> None:
+    """Fit ridge on all of (x, y) and write it into the AgeNet head (years -> head units)."""
+    mean, sd = _standardise(x)
+    coef = _solve((x - mean) / sd, y - y.mean(), [alpha])[0]
+    weight = coef / sd  # on raw GAP features
+    bias = y.mean() - float(weight @ mean)
+    scale, shift = float(model.age_scale), float(model.age_shift)
+    model.head.weight.data[0] = torch.from_numpy(weight / scale).float()
+    model.head.bias.data[0] = (bias - shift) / scale
+
+
+def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
+    """Train a linear probe; write ``checkpoints/probe.ckpt`` and update ``run.json``.
+
+    Returns
+    -------
+    Path
+        The checkpoint, loadable by :func:`xrayage.train.export.load_checkpoint`.
+    """
+    import lightning as L  # noqa: N812
+
+    from .module import AgeModule
+
+    datasets, split, cache, info = prepare(cfg)
+    out = Path(cfg.out)
+    samples = [s for d in datasets for s in d.samples]
+    torch.manual_seed(cfg.seed)
+    module = AgeModule(
+        backbone=cfg.backbone, spec=info["preprocessing"], feature_levels=cfg.feature_levels,
+        taps=cfg.taps, init_weights=cfg.init_weights, init_age=info["train_mean_age"] or 50.0,
+        age_scale=max(1.0, info["train_sd_age"] or 15.0), run_dir=str(out.resolve()),
+        augment_cfg={"hflip": False, "enabled": False},
+    )
+    spec = cfg.spec()
+    parts = {}
+    for role in ("train", "val"):
+        found, images = _images(cache, split.assign(samples, role))
+        x = extract_features(module.net, images, spec) if found else np.zeros((0, 1))
+        parts[role] = (x, np.array([s.age_years for s in found]),
+                       [s.patient_id for s in found])
+    x, y, groups = parts["train"]
+    if len(y) < 2 * folds:
+        raise ValueError(f"{len(y)} training images are too few for a {folds}-fold ridge probe")
+    alpha, oof = choose_alpha(x, y, groups, folds=folds, seed=cfg.seed)
+    set_head(module.net, x, y, alpha)
+    result: dict[str, Any] = {"probe_alpha": alpha, "probe_train_cv_mae": float(
+        np.abs(oof - y).mean()), "probe_train_images": len(y)}
+    xv, yv, _ = parts["val"]
+    if len(yv):
+        with torch.no_grad():
+            pred = module.net.head(torch.from_numpy(xv).float()).squeeze(1)
+            pred = (pred * module.net.age_scale + module.net.age_shift).numpy()
+        result["best_val_mae"] = float(np.abs(pred - yv).mean())
+        result["val_images"] = len(yv)
+    path = out / "checkpoints" / "probe.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": 0},
+               path)
+    run = json.loads((out / "run.json").read_text())
+    run.update(result, best_checkpoint=str(path), head="ridge")
+    (out / "run.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+    logger.info("linear probe: alpha %.3g, train CV MAE %.2f, val MAE %s", alpha,
+                result["probe_train_cv_mae"], result.get("best_val_mae"))
+    return path
+
+
+def _images(cache: ImageCache, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
+    found, where = cache.locate(samples)
+    return found, np.stack([cache.image(int(a), int(b)) for a, b in where]) if found else where

@@ -1,0 +1,66 @@
+"""Linear probe (frozen backbone, closed-form ridge head) and feature taps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="needs the 'train' extra")
+
+from xrayage.cli.main import main  # noqa: E402
+from xrayage.train.model import AgeNet  # noqa: E402
+from xrayage.train.probe import choose_alpha, set_head  # noqa: E402
+
+from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
+
+
+def test_taps_join_the_head_and_keep_the_cam_exact() -> None:
+    torch.manual_seed(0)
+    net = AgeNet("resnet18", 1, (3, 4), taps=["layer2", "layer3.0"], image_size=64).eval()
+    assert net.channels == [256, 512, 128, 256]
+    with torch.no_grad():
+        net.head.weight.normal_()
+        age, _, cam = net.forward_with_cam(torch.randn(2, 1, 64, 64))
+    torch.testing.assert_close(cam.mean((1, 2)) + net.age_bias(), age, atol=1e-3, rtol=1e-5)
+    with pytest.raises(ValueError, match="not a module"):
+        AgeNet("resnet18", 1, (2,), taps=["layer4"])  # after the last level: not built
+
+
+def test_ridge_head_reproduces_least_squares() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 12))
+    y = 50 + x @ rng.normal(size=12) * 3 + rng.normal(0, 0.5, 120)
+    groups = [f"p{i // 2}" for i in range(120)]
+    alpha, oof = choose_alpha(x, y, groups, folds=4, alphas=(1e-3, 1.0, 1e4))
+    assert alpha < 1e4 and np.abs(oof - y).mean() < 1.0
+    net = AgeNet("resnet18", 1, init_age=50, age_scale=10)
+    lin = torch.nn.Linear(12, 1)
+    net.head = lin
+    set_head(net, x, y, 1e-6)
+    pred = (lin(torch.from_numpy(x).float()).squeeze(1) * 10 + 50).detach().numpy()
+    ols = np.linalg.lstsq(np.c_[x, np.ones(120)], y, rcond=None)[0]
+    np.testing.assert_allclose(pred, np.c_[x, np.ones(120)] @ ols, atol=1e-3)
+
+
+@requires_shared_data
+@pytest.mark.slow
+def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = write_nih_subset(tmp_path, 60)
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"manifest:{manifest}", "--out", str(run),
+                 "--backbone", "resnet18", "--image-size", "64", "--feature-levels", "3,4",
+                 "--taps", "layer2", "--head", "ridge", "--val-fraction", "0.25",
+                 "--num-workers", "0", "--no-progress"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["head"] == "ridge" and info["probe_alpha"] > 0 and info["val_images"] > 0
+    model_dir = tmp_path / "model"
+    assert main(["export", str(run / "checkpoints" / "probe.ckpt"), "--out", str(model_dir)]) == 0
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["extra"]["taps"] == ["layer2"] and "ridge" in card["architecture"]
+    capsys.readouterr()
+    assert main(["predict", str(manifest), "--model", str(model_dir)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 60 and all(r["error"] is None for r in rows)
