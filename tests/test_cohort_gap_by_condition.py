@@ -90,6 +90,16 @@ def test_reference_group_and_cluster_errors() -> None:
     assert row.n_dropped == 0 and f.reference_ == "healthy"
 
 
+def test_condition_in_one_patient_is_skipped_with_clusters() -> None:
+    df = simulate_cohort(200, 4)
+    df["one_patient"] = 0
+    df.loc[:2, "one_patient"] = 1
+    df.loc[:2, "patient_id"] = "p_same"
+    f = GapByConditionFitter(cluster_col="patient_id").fit(df, ["one_patient"])
+    assert np.isnan(f.summary.loc["one_patient", "coef"])
+    assert "only 1 patient(s)" in " ".join(f.warnings_)
+
+
 def test_small_group_and_missing_warned() -> None:
     df = simulate_cohort(200, 2)
     df["rare"] = 0

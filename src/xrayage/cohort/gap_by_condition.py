@@ -163,12 +163,17 @@ class GapByConditionFitter:
             row.update(self._mean_ci(part, label, sm))
         row["difference"] = row["mean_with"] - row["mean_without"]
         small = min(row["n_with"], row["n_without"])
+        unit = "image"
+        if self.cluster_col:  # clustered errors need at least 2 patients per group
+            small = min(complete.loc[has, "_cluster"].nunique(),
+                        complete.loc[~has, "_cluster"].nunique())
+            unit = "patient"
         if small < 2:
-            self.warnings_.append(f"{name}: skipped, only {small} image(s) in one group")
+            self.warnings_.append(f"{name}: skipped, only {small} {unit}(s) in one group")
             return {**row, "coef": math.nan, "coef_lower": math.nan, "coef_upper": math.nan,
                     "se": math.nan, "p": math.nan}
         if small < self.min_group:
-            self.warnings_.append(f"{name}: small group ({small} images); estimate unstable")
+            self.warnings_.append(f"{name}: small group ({small} {unit}s); estimate unstable")
         x = sm.add_constant(complete[["_cond", *base.columns]].to_numpy(float), has_constant="add")
         res = self._ols(sm, complete["_gap"].to_numpy(float), x, complete)
         lo, hi = res.conf_int(self.alpha)[1]
@@ -184,7 +189,7 @@ class GapByConditionFitter:
 
     def _mean_ci(self, part: Any, label: str, sm: Any) -> dict[str, float]:
         keys = (f"mean_{label}", f"mean_{label}_lower", f"mean_{label}_upper")
-        if len(part) < 2:
+        if len(part) < 2 or (self.cluster_col and part["_cluster"].nunique() < 2):
             mean = float(part["_gap"].mean()) if len(part) else math.nan
             return dict(zip(keys, (mean, math.nan, math.nan), strict=True))
         res = self._ols(sm, part["_gap"].to_numpy(float), np.ones((len(part), 1)), part)
