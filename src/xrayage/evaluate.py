@@ -159,8 +159,9 @@ def evaluate(
     groups = grouped_metrics(ages, xray, {
         "sex": [s.sex for s in kept], "view": [s.view for s in kept],
         "age_band": [age_band(a) for a in ages]}, median)
-    predictions = [{"path": str(s.path), "age_years": s.age_years, "xray_age": float(p),
-                    "sex": s.sex, "view": s.view} for s, p in zip(kept, xray, strict=True)]
+    predictions = [{"path": str(s.path), "patient_id": s.patient_id, "age_years": s.age_years,
+                    "xray_age": float(p), "sex": s.sex, "view": s.view}
+                   for s, p in zip(kept, xray, strict=True)]
     return Evaluation(age_metrics(ages, xray, median), groups, predictions, problems, notes)
 
 

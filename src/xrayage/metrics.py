@@ -132,3 +132,42 @@ def grouped_metrics(
             for level in sorted(set(lab.tolist()))
         }
     return out
+
+
+def bootstrap_ci(
+    age_years: Sequence[float] | np.ndarray,
+    xray_age: Sequence[float] | np.ndarray,
+    clusters: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """95% percentile bootstrap intervals of MAE and Pearson r.
+
+    Resamples clusters (patients) with replacement when given, so several images of
+    one patient do not narrow the interval.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> age = rng.uniform(20, 80, 200)
+    >>> ci = bootstrap_ci(age, age + rng.normal(0, 5, 200))
+    >>> bool(ci["mae"][0] < 4.0 < ci["mae"][1])
+    True
+    """
+    y = np.asarray(age_years, dtype=float)
+    p = np.asarray(xray_age, dtype=float)
+    labels = np.asarray(clusters if clusters is not None else np.arange(len(y)).astype(str))
+    names, index = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(index == i) for i in range(len(names))]
+    rng = np.random.default_rng(seed)
+    maes, rs = [], []
+    for _ in range(n_boot):
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(names), len(names))])
+        maes.append(np.abs(p[rows] - y[rows]).mean())
+        if np.ptp(y[rows]) > 0 and np.ptp(p[rows]) > 0:
+            rs.append(np.corrcoef(y[rows], p[rows])[0, 1])
+    def pct(v: list[float]) -> tuple[float, float]:
+        lo, hi = np.percentile(v, [2.5, 97.5]) if v else (math.nan, math.nan)
+        return float(lo), float(hi)
+
+    return {"mae": pct(maes), "r": pct(rs)}

