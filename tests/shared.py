@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-SHARED_DATA = Path(
-    os.environ.get(
-        "XRAYAGE_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-    )
-).resolve()
+from .conftest import SHARED_DATA
+
 DICOM_DIR = SHARED_DATA / "dicom"
 NEMA = DICOM_DIR / "nema_rg1_chest_cr_j2k_lossy.dcm"
 SIIM = DICOM_DIR / "siim_nih_chest_pa.dcm"
