@@ -68,7 +68,8 @@ def evaluate(dataset: str, model: str | None, as_json: bool, plots: Path | None,
         plot(result, plots)
     if predictions is not None:
         with open(predictions, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, ["path", "age_years", "xray_age", "sex", "view"])
+            writer = csv.DictWriter(handle, ["path", "patient_id", "age_years", "xray_age", "sex",
+                                             "view"])
             writer.writeheader()
             writer.writerows(result.predictions)
     if as_json:
