@@ -48,7 +48,8 @@ def walk_folder(folder: Path) -> Iterator[Path]:
 def read_manifest(csv_path: Path) -> Iterator[PredictInput]:
     """Yield inputs from a CSV with a ``path`` column (relative to the CSV's folder).
 
-    Optional ``age_years`` (or ``age``) and ``sex`` columns override the header.
+    Optional ``age_years`` (or ``age``), ``sex`` and ``view`` (DICOM ViewPosition, e.g.
+    ``PA``) columns override the header.
     """
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
@@ -59,7 +60,8 @@ def read_manifest(csv_path: Path) -> Iterator[PredictInput]:
             if not rel:
                 continue
             path = Path(rel) if Path(rel).is_absolute() else csv_path.parent / rel
-            yield PredictInput(str(path), str(path), _age(row), _sex(row.get("sex")))
+            view = (row.get("view") or "").strip().upper() or None
+            yield PredictInput(str(path), str(path), _age(row), _sex(row.get("sex")), view)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[PredictInput]:

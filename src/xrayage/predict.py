@@ -99,6 +99,7 @@ class PredictInput:
     name: str
     age_years: float | None = None
     sex: str | None = None
+    view: str | None = None
 
 
 @dataclass
@@ -212,9 +213,10 @@ class XRayAge:
         except XRayAgeInputError as exc:
             estimate.qc_status, estimate.error = "error", str(exc)
             return _Prepared(estimate)
-        if item.age_years is not None or item.sex is not None:
+        if item.age_years is not None or item.sex or item.view:
             rg = replace(rg, age_years=item.age_years if item.age_years is not None
-                         else rg.age_years, sex=item.sex or rg.sex)
+                         else rg.age_years, sex=item.sex or rg.sex,
+                         view_position=item.view or rg.view_position)
         report = check_quality(rg)
         estimate.chronological_age = rg.age_years
         estimate.qc_status, estimate.qc_reasons = report.status.value, report.reasons
