@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xrayage.cohort.crossfit import assign_folds
 from xrayage.datasets import Sample
+from xrayage.datasets.splits import assign_folds
 
 from .shared import SHARED_DATA, needs_data
 

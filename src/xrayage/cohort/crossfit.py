@@ -13,7 +13,6 @@ import dataclasses
 import io
 import json
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 
 from ..card import ModelCard
 from ..datasets import Sample, filter_samples, load_dataset
+from ..datasets.splits import assign_folds
 from ..predict import RECORD_FIELDS
 from .table import SIDECAR_SUFFIX
 
@@ -29,37 +29,6 @@ logger = logging.getLogger(__name__)
 
 EXTRA_FIELDS = ("fold", "patient_id", "age_years", "sex", "view", "findings", "source")
 """Columns written after :data:`~xrayage.predict.RECORD_FIELDS`."""
-
-
-def assign_folds(samples: Sequence[Sample], k: int, seed: int = 0) -> dict[str, int]:
-    """Patient -> fold in ``0..k-1``: patient-disjoint, balanced in age, seeded.
-
-    Patients are sorted by median age, cut into consecutive blocks of `k`, and each
-    block is dealt to the folds in a random order, so every fold spans the age range.
-
-    Examples
-    --------
-    >>> s = [Sample(Path(f"{i}.png"), 20.0 + i, patient_id=f"p{i // 2}") for i in range(40)]
-    >>> folds = assign_folds(s, 4, seed=0)
-    >>> sorted(np.bincount(list(folds.values())).tolist())
-    [5, 5, 5, 5]
-    """
-    if k < 2:
-        raise ValueError("crossfit needs k >= 2 folds")
-    ages: dict[str, list[float]] = defaultdict(list)
-    for s in samples:
-        if not s.patient_id:
-            raise ValueError(f"{s.path}: no patient_id; folds must be patient-disjoint")
-        ages[s.patient_id].append(s.age_years)
-    if len(ages) < k:
-        raise ValueError(f"{len(ages)} patients are too few for {k} folds")
-    rng = np.random.default_rng(seed)
-    order = sorted(ages, key=lambda p: (float(np.median(ages[p])), p))
-    folds: dict[str, int] = {}
-    for start in range(0, len(order), k):
-        for pid, fold in zip(order[start:start + k], rng.permutation(k), strict=False):
-            folds[pid] = int(fold)
-    return folds
 
 
 def _write_manifest(path: Path, samples: Sequence[Sample], licences: dict[str, str]) -> bool:

@@ -43,6 +43,16 @@ class Split:
         return cls(**{k: list(data.get(k, [])) for k in SPLITS}, seed=int(data.get("seed", 0)))
 
 
+def patient_ages(samples: Sequence[Sample], purpose: str = "splits") -> dict[str, list[float]]:
+    """Ages of each patient's images; every sample needs a patient id."""
+    ages: dict[str, list[float]] = defaultdict(list)
+    for s in samples:
+        if not s.patient_id:
+            raise ValueError(f"{s.path}: no patient_id; {purpose} must be patient-disjoint")
+        ages[s.patient_id].append(s.age_years)
+    return ages
+
+
 def split_patients(
     samples: Sequence[Sample],
     val_fraction: float = 0.1,
@@ -79,11 +89,7 @@ def split_patients(
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in [0, 1) with a sum below 1")
-    ages: dict[str, list[float]] = defaultdict(list)
-    for s in samples:
-        if not s.patient_id:
-            raise ValueError(f"{s.path}: no patient_id; splits must be patient-disjoint")
-        ages[s.patient_id].append(s.age_years)
+    ages = patient_ages(samples)
     rng = np.random.default_rng(seed)
     by_bin: dict[int, list[str]] = defaultdict(list)
     for pid in sorted(ages):
@@ -103,3 +109,31 @@ def split_patients(
         split.test += ids[n_val : n_val + n_test]
         split.train += ids[n_val + n_test :]
     return split
+
+
+def assign_folds(samples: Sequence[Sample], k: int, seed: int = 0) -> dict[str, int]:
+    """Patient -> fold in ``0..k-1``: patient-disjoint, balanced in age, seeded.
+
+    Patients are sorted by median age, cut into consecutive blocks of `k`, and each
+    block is dealt to the folds in a random order, so every fold spans the age range.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> s = [Sample(Path(f"{i}.png"), 20.0 + i, patient_id=f"p{i // 2}") for i in range(40)]
+    >>> folds = assign_folds(s, 4, seed=0)
+    >>> sorted(np.bincount(list(folds.values())).tolist())
+    [5, 5, 5, 5]
+    """
+    if k < 2:
+        raise ValueError("crossfit needs k >= 2 folds")
+    ages = patient_ages(samples, "folds")
+    if len(ages) < k:
+        raise ValueError(f"{len(ages)} patients are too few for {k} folds")
+    rng = np.random.default_rng(seed)
+    order = sorted(ages, key=lambda p: (float(np.median(ages[p])), p))
+    folds: dict[str, int] = {}
+    for start in range(0, len(order), k):
+        for pid, fold in zip(order[start:start + k], rng.permutation(k), strict=False):
+            folds[pid] = int(fold)
+    return folds

@@ -6,8 +6,8 @@ and the head is solved exactly. The result is an ordinary
 :class:`~xrayage.train.model.AgeNet` checkpoint, exported like any other, with an exact
 CAM.
 
-The ridge penalty is chosen by patient-grouped k-fold cross-validation on the training
-split only; features are standardised inside the fit, and the standardisation is
+The ridge penalty is chosen by patient-disjoint k-fold cross-validation on the
+training split only; features are standardised inside the fit, and the standardisation is
 folded into the head's weights.
 """
 
@@ -72,16 +72,20 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(sd > 1e-12, sd, 1.0)
 
 
-def choose_alpha(x: np.ndarray, y: np.ndarray, groups: Sequence[str], folds: int = 5,
-                 seed: int = 0, alphas: Sequence[float] = ALPHAS) -> tuple[float, np.ndarray]:
-    """Pick the penalty by grouped k-fold CV (groups = patients); return it and the
-    out-of-fold predictions at that penalty."""
-    names = np.array(sorted(set(groups)))
+def patient_folds(patients: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
+    """Fold label per image: patients shuffled (seeded) and dealt to `k` folds."""
+    names = np.array(sorted(set(patients)))
     fold_of = dict(zip(np.random.default_rng(seed).permutation(names),
-                       np.arange(len(names)) % folds, strict=True))
-    fold = np.array([fold_of[g] for g in groups])
+                       np.arange(len(names)) % k, strict=True))
+    return np.array([fold_of[p] for p in patients])
+
+
+def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
+                 alphas: Sequence[float] = ALPHAS) -> tuple[float, np.ndarray]:
+    """Pick the penalty by k-fold CV over the given (patient-disjoint) fold labels; return
+    it and the out-of-fold predictions at that penalty."""
     preds = np.zeros((len(alphas), len(y)))
-    for k in range(folds):
+    for k in np.unique(fold):
         tr, va = fold != k, fold == k
         mean, sd = _standardise(x[tr])
         coefs = _solve((x[tr] - mean) / sd, y[tr] - y[tr].mean(), alphas)
@@ -130,12 +134,12 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     for role in ("train", "val"):
         found, images = _images(cache, split.assign(samples, role))
         x = extract_features(module.net, images, spec) if found else np.zeros((0, 1))
-        parts[role] = (x, np.array([s.age_years for s in found]),
-                       [s.patient_id for s in found])
-    x, y, groups = parts["train"]
+        parts[role] = (x, np.array([s.age_years for s in found]), found)
+    x, y, train = parts["train"]
     if len(y) < 2 * folds:
         raise ValueError(f"{len(y)} training images are too few for a {folds}-fold ridge probe")
-    alpha, oof = choose_alpha(x, y, groups, folds=folds, seed=cfg.seed)
+    alpha, oof = choose_alpha(x, y, patient_folds([s.patient_id for s in train], folds,
+                                                  cfg.seed))
     set_head(module.net, x, y, alpha)
     result: dict[str, Any] = {"probe_alpha": alpha, "probe_train_cv_mae": float(
         np.abs(oof - y).mean()), "probe_train_images": len(y)}
