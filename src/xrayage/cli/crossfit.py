@@ -23,6 +23,10 @@ import click
 @click.option("--loss", default="l1", show_default=True,
               type=click.Choice(["l1", "smooth_l1", "gaussian_nll"]))
 @click.option("--init-weights", default=None, help="As for `xrayage train`.")
+@click.option("--head", type=click.Choice(["trained", "ridge"]), default="trained",
+              show_default=True, help="As for `xrayage train`.")
+@click.option("--feature-levels", default=None, help="As for `xrayage train`.")
+@click.option("--taps", default=None, help="As for `xrayage train`.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--adults-only", is_flag=True)
 @click.option("--cache-dir", default=None, help="Shared preprocessed cache (default OUT/cache).")
@@ -32,7 +36,8 @@ import click
 @click.option("--no-progress", is_flag=True)
 def crossfit(data: tuple[str, ...], out: Path, k: int, backbone: str, image_size: int,
              epochs: int, max_steps: int, batch_size: int, lr: float, loss: str,
-             init_weights: str | None, seed: int, adults_only: bool, cache_dir: str | None,
+             init_weights: str | None, head: str, feature_levels: str | None,
+             taps: str | None, seed: int, adults_only: bool, cache_dir: str | None,
              num_workers: int, threads: int | None, no_progress: bool) -> None:
     """Train k models on patient-disjoint folds; predict each image with the model that never
     saw it. The output feeds `xrayage analyze`, which then trusts it as out-of-fold."""
@@ -41,10 +46,13 @@ def crossfit(data: tuple[str, ...], out: Path, k: int, backbone: str, image_size
 
     require_torch("xrayage crossfit")
     from ..train.fit import TrainConfig
+    from .train import _levels, _taps
 
     cfg = TrainConfig(data=list(data), out=str(out), backbone=backbone, image_size=image_size,
                       epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                      loss=loss, init_weights=init_weights, seed=seed, adults_only=adults_only,
+                      loss=loss, init_weights=init_weights, head=head,
+                      feature_levels=_levels(feature_levels), taps=_taps(taps),
+                      seed=seed, adults_only=adults_only,
                       cache_dir=cache_dir, num_workers=num_workers, progress=not no_progress)
     path = run_crossfit(cfg, k=k, threads=threads)
     click.echo(f"xrayage: out-of-fold predictions {path}", err=True)

@@ -77,8 +77,7 @@ def train(**kw: object) -> None:
     from ..train import require_torch
 
     require_torch("xrayage train")
-    from ..train.fit import TrainConfig, fit
-    from ..train.probe import fit_linear_probe
+    from ..train.fit import TrainConfig, train_model
 
     cfg = TrainConfig(
         data=list(kw["data"]), out=str(kw["out"]), backbone=str(kw["backbone"]),
@@ -86,7 +85,7 @@ def train(**kw: object) -> None:
         epochs=kw["epochs"], loss=str(kw["loss"]), lr=kw["lr"], weight_decay=kw["weight_decay"],
         batch_size=kw["batch_size"], backbone_lr_mult=kw["backbone_lr_mult"],
         freeze_stages=kw["freeze_stages"], feature_levels=_levels(kw["feature_levels"]),
-        taps=[t.strip() for t in str(kw["taps"]).split(",") if t.strip()] if kw["taps"] else None,
+        taps=_taps(kw["taps"]), head=str(kw["head"]),
         init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
         val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
         min_age=kw["min_age"], max_age=kw["max_age"], all_views=bool(kw["all_views"]),
@@ -102,5 +101,10 @@ def train(**kw: object) -> None:
     from .evaluate import input_errors
 
     with input_errors():
-        best = fit_linear_probe(cfg) if kw["head"] == "ridge" else fit(cfg)
+        best = train_model(cfg)
     click.echo(f"best checkpoint: {best}")
+
+
+def _taps(text: object) -> list[str] | None:
+    names = [t.strip() for t in str(text or "").split(",") if t.strip()]
+    return names or None

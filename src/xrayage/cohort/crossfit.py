@@ -76,7 +76,7 @@ def crossfit(cfg: Any, k: int = 5, predictions: str | Path | None = None,
     from ..calibration import fit_bias_correction
     from ..predict import PredictInput, XRayAge
     from ..train.export import export
-    from ..train.fit import fit
+    from ..train.fit import train_model
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ def crossfit(cfg: Any, k: int = 5, predictions: str | Path | None = None,
                         fold_dir / "model")
             card = ModelCard.load(fold_dir / "model")
         else:
-            card = export(fit(fold_cfg), fold_dir / "model", val_metrics=False)
+            card = export(train_model(fold_cfg), fold_dir / "model", val_metrics=False)
         estimator = XRayAge.load(fold_dir / "model", threads=threads)
         items = [PredictInput(source=s.path, name=str(s.path), age_years=s.age_years,
                               sex=s.sex or None) for s in test]

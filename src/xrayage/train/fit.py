@@ -52,6 +52,7 @@ class TrainConfig:
     freeze_stages: int = 0
     feature_levels: list[int] | None = None
     taps: list[str] | None = None
+    head: str = "trained"
     init_weights: str | None = None
     seed: int = 0
     val_fraction: float = 0.1
@@ -147,6 +148,18 @@ def prepare(cfg: TrainConfig) -> tuple[list[Dataset], Split, ImageCache, dict[st
         logger.warning("%d images failed to decode or were rejected by QC: see %s",
                        info["cache_problems"], out / "cache_problems.jsonl")
     return datasets, split, cache, info
+
+
+def train_model(cfg: TrainConfig) -> Path:
+    """Train as ``cfg.head`` says (``trained``: :func:`fit`; ``ridge``: a linear probe);
+    return the checkpoint."""
+    if cfg.head == "ridge":
+        from .probe import fit_linear_probe
+
+        return fit_linear_probe(cfg)
+    if cfg.head != "trained":
+        raise ValueError(f"head must be 'trained' or 'ridge', not {cfg.head!r}")
+    return fit(cfg)
 
 
 def fit(cfg: TrainConfig) -> Path:
