@@ -91,7 +91,8 @@ def prepare_batch(batch: Any, card: ModelCard, tta: bool) -> Any:
     Parameters
     ----------
     batch : pyarrow.Table
-        Columns ``path`` (the row label), ``source`` (absolute path), ``age_years``, ``sex``.
+        Columns ``path`` (the row label), ``source`` (absolute path), ``age_years``, ``sex``,
+        ``view``.
     card : ModelCard
         Drives the preprocessing, exactly as in the local engine.
     tta : bool
@@ -107,7 +108,8 @@ def prepare_batch(batch: Any, card: ModelCard, tta: bool) -> Any:
     estimator = XRayAge(_CardOnly(card), tta=tta)  # type: ignore[arg-type]
     paths, estimates, tensors = [], [], []
     for row in batch.to_pylist():
-        item = PredictInput(row["source"], row["path"], row["age_years"], row["sex"])
+        item = PredictInput(row["source"], row["path"], row["age_years"], row["sex"],
+                            row.get("view"))
         prepared = estimator._prepare(item, keep_radiograph=False)
         est = prepared.estimate
         paths.append(est.path)
@@ -203,7 +205,7 @@ def predict_ray(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathL
     try:
         _add(counts, merge_shards(leftover_shards(parts / "rows"), writer))
         shutil.rmtree(parts / "inputs", ignore_errors=True)
-        items = (PredictInput(os.path.abspath(i.name), i.name, i.age_years, i.sex)
+        items = (PredictInput(os.path.abspath(i.name), i.name, i.age_years, i.sex, i.view)
                  for i in expand_inputs(inputs))
         shards, todo = write_input_shards(items, parts / "inputs", writer.done,
                                           opts.rows_per_shard)

@@ -36,10 +36,12 @@ def _pa() -> Any:
 
 
 def input_schema() -> Any:
-    """Arrow schema of an input shard: ``path`` (row label), ``source``, ``age_years``, ``sex``."""
+    """Arrow schema of an input shard: ``path`` (row label), ``source``, ``age_years``, ``sex``,
+    ``view``."""
     pa, _ = _pa()
     return pa.schema([("path", pa.string()), ("source", pa.string()),
-                      ("age_years", pa.float64()), ("sex", pa.string())])
+                      ("age_years", pa.float64()), ("sex", pa.string()),
+                      ("view", pa.string())])
 
 
 def result_schema() -> Any:
@@ -89,7 +91,7 @@ def write_input_shards(items: Iterable[PredictInput], directory: str | Path,
     for chunk in _chunked((i for i in items if i.name not in skip), rows_per_shard):
         table = pa.Table.from_pylist(
             [{"path": i.name, "source": str(i.source), "age_years": i.age_years,
-              "sex": i.sex} for i in chunk],
+              "sex": i.sex, "view": i.view} for i in chunk],
             schema=input_schema())
         path = directory / f"inputs_{len(shards):05d}.parquet"
         _atomic_write(table, path)
