@@ -150,3 +150,18 @@ def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
     assert after["epoch"] > first["epoch"]
     assert after["global_step"] > first["global_step"]
     assert json.loads((run / "run.json").read_text())["epochs_run"] == 13
+
+
+@pytest.mark.slow
+@requires_shared_data
+def test_failed_verification_leaves_no_model(trained: tuple[Path, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export that fails its ORT/torch check must not be loadable (or reused by crossfit)."""
+    from xrayage.train import export as export_module
+
+    monkeypatch.setattr(export_module, "TOLERANCE_YEARS", -1.0)
+    run, _ = trained
+    out = tmp_path / "model"
+    with pytest.raises(ModelError, match="disagree"):
+        export_module.export(run / "checkpoints" / "last.ckpt", out, val_metrics=False)
+    assert not (out / "model_card.json").exists()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..card import ModelCard, PreprocessSpec, sha256_file
+from ..card import CARD_FILE, ModelCard, PreprocessSpec, sha256_file
 from ..errors import ModelError
 from ..metrics import age_metrics
 from .model import AgeNet, ExportWrapper
@@ -176,6 +176,7 @@ def export(
     diff = float(np.abs(got.age - ref_age.numpy()).max())
     cam_diff = float(np.abs(got.cam - ref_cam.numpy()).max()) if got.cam is not None else 0.0
     if not np.isfinite(diff) or diff > TOLERANCE_YEARS:
+        (out / CARD_FILE).unlink()  # an unverified export must not look like a model
         raise ModelError(f"ONNX Runtime and torch disagree by {diff:.2e} years "
                          f"(> {TOLERANCE_YEARS}) on {len(paths)} real images: export is broken")
     card.extra["verification"] = {"images": len(paths), "max_abs_age_diff": diff,
@@ -189,6 +190,7 @@ def export(
         model = AgeModel(out, verify=True)
         diff16 = float(np.abs(model.run(batch).age - ref_age.numpy()).max())
         if not diff16 <= FP16_TOLERANCE_YEARS:
+            (out / CARD_FILE).unlink()
             raise ModelError(f"float16 weights change the age by {diff16:.3f} y "
                              f"(> {FP16_TOLERANCE_YEARS}): keep float32")
         card.extra["weights"] = "float16 storage, float32 compute"
