@@ -42,3 +42,23 @@ def shared_data() -> Path:
     if not MANIFEST.is_file():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def estimator(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny exact ONNX model as an XRayAge, once per test module."""
+    from .clinical_helpers import make_estimator
+
+    return make_estimator(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["nema_rg1_chest_cr_j2k_lossy.dcm", "siim_nih_chest_pa.dcm"],
+                ids=["nema", "siim"])
+def estimate(request: pytest.FixtureRequest, estimator):
+    """The estimate (radiograph and heat map kept) of each real DICOM fixture."""
+    from .clinical_helpers import predict_kept
+
+    path = SHARED_DATA / "dicom" / request.param
+    if not path.is_file():
+        pytest.skip("../shared/data is not present")
+    return predict_kept(estimator, path)

@@ -19,23 +19,13 @@ from xrayage.errors import MissingExtraError
 from xrayage.outputs import ClinicalOutputError, read_dicom_sr, to_dicom_sr, write_dicom_sr
 from xrayage.outputs.dicom_sr import CODING_SCHEME, XRAY_AGE
 
-from .clinical_helpers import dciodvfy, make_estimator, png_bytes, predict_kept
-from .shared import NEMA, SIIM, needs_data
+from .clinical_helpers import dciodvfy, png_bytes, predict_kept
+from .shared import NEMA, needs_data
 
 FIELDS = ("xray_age", "xray_age_lower", "xray_age_upper", "chronological_age", "age_gap",
           "age_gap_corrected")
 
 
-@pytest.fixture(scope="module")
-def estimator(tmp_path_factory: pytest.TempPathFactory) -> XRayAge:
-    return make_estimator(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", params=[NEMA, SIIM], ids=["nema", "siim"])
-def estimate(request: pytest.FixtureRequest, estimator: XRayAge) -> AgeEstimate:
-    if not request.param.is_file():
-        pytest.skip("../shared/data is not present")
-    return predict_kept(estimator, request.param, heatmap=False)
 
 
 @needs_data

@@ -15,20 +15,8 @@ from xrayage.errors import MissingExtraError
 from xrayage.outputs import ClinicalOutputError, to_fhir_observation, write_fhir
 from xrayage.outputs.fhir import CODE_SYSTEM, UCUM
 
-from .clinical_helpers import make_estimator, png_bytes, predict_kept
-from .shared import NEMA, SIIM, needs_data
-
-
-@pytest.fixture(scope="module")
-def estimator(tmp_path_factory: pytest.TempPathFactory) -> XRayAge:
-    return make_estimator(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", params=[NEMA, SIIM], ids=["nema", "siim"])
-def estimate(request: pytest.FixtureRequest, estimator: XRayAge) -> AgeEstimate:
-    if not request.param.is_file():
-        pytest.skip("../shared/data is not present")
-    return predict_kept(estimator, request.param, heatmap=False)
+from .clinical_helpers import png_bytes, predict_kept
+from .shared import needs_data
 
 
 def components(obs: Observation) -> dict[str, Any]:

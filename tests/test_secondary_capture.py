@@ -19,20 +19,8 @@ from xrayage.outputs import (
 )
 from xrayage.outputs.secondary_capture import summary_lines
 
-from .clinical_helpers import dciodvfy, make_estimator, png_bytes, predict_kept
-from .shared import NEMA, SIIM, needs_data
-
-
-@pytest.fixture(scope="module")
-def estimator(tmp_path_factory: pytest.TempPathFactory) -> XRayAge:
-    return make_estimator(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", params=[NEMA, SIIM], ids=["nema", "siim"])
-def estimate(request: pytest.FixtureRequest, estimator: XRayAge) -> AgeEstimate:
-    if not request.param.is_file():
-        pytest.skip("../shared/data is not present")
-    return predict_kept(estimator, request.param)
+from .clinical_helpers import dciodvfy, png_bytes, predict_kept
+from .shared import needs_data
 
 
 @needs_data
