@@ -62,3 +62,18 @@ def estimate(request: pytest.FixtureRequest, estimator):
     if not path.is_file():
         pytest.skip("../shared/data is not present")
     return predict_kept(estimator, path)
+
+
+def synthetic_samples(n_patients: int, seed: int = 0, min_age: float = 5.0) -> list:
+    """1-3 images per patient with seeded ages in [min_age, 90): for split and fold tests."""
+    import numpy as np
+
+    from xrayage.datasets import Sample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in range(n_patients):
+        age = float(rng.uniform(min_age, 90))
+        out += [Sample(Path(f"p{p}_{j}.png"), age + j, patient_id=f"p{p}")
+                for j in range(int(rng.integers(1, 4)))]
+    return out

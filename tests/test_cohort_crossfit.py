@@ -9,24 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xrayage.datasets import Sample
 from xrayage.datasets.splits import assign_folds
 
+from .conftest import synthetic_samples
 from .shared import SHARED_DATA, needs_data
 
 
-def _samples(n_patients: int, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for p in range(n_patients):
-        age = float(rng.uniform(20, 90))
-        out += [Sample(Path(f"p{p}_{j}.png"), age + j, patient_id=f"p{p}")
-                for j in range(int(rng.integers(1, 4)))]
-    return out
-
-
 def test_folds_are_patient_disjoint_balanced_and_seeded() -> None:
-    samples = _samples(103)
+    samples = synthetic_samples(103, min_age=20.0)
     folds = assign_folds(samples, 5, seed=3)
     assert set(folds) == {s.patient_id for s in samples}
     counts = np.bincount(list(folds.values()))
@@ -40,7 +30,7 @@ def test_folds_are_patient_disjoint_balanced_and_seeded() -> None:
 @pytest.mark.parametrize(("k", "message"), [(1, "k >= 2"), (200, "too few for 200 folds")])
 def test_bad_fold_counts(k: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        assign_folds(_samples(10), k)
+        assign_folds(synthetic_samples(10, min_age=20.0), k)
 
 
 @pytest.mark.slow

@@ -12,23 +12,13 @@ from hypothesis import strategies as st
 from xrayage.datasets import Sample, load_dataset
 from xrayage.datasets.splits import Split, split_patients
 
-from .conftest import MANIFEST, requires_shared_data
-
-
-def _samples(n_patients: int, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for p in range(n_patients):
-        age = float(rng.uniform(5, 90))
-        out += [Sample(Path(f"{p}_{k}.png"), age + k, patient_id=f"p{p}")
-                for k in range(int(rng.integers(1, 4)))]
-    return out
+from .conftest import MANIFEST, requires_shared_data, synthetic_samples
 
 
 @given(st.integers(5, 200), st.integers(0, 10_000), st.floats(0.05, 0.4))
 @settings(max_examples=30, deadline=None)
 def test_disjoint_and_complete(n: int, seed: int, frac: float) -> None:
-    samples = _samples(n, seed)
+    samples = synthetic_samples(n, seed)
     sp = split_patients(samples, val_fraction=frac, test_fraction=0.1, seed=seed)
     train, val, test = set(sp.train), set(sp.val), set(sp.test)
     assert not (train & val or train & test or val & test)
@@ -38,7 +28,7 @@ def test_disjoint_and_complete(n: int, seed: int, frac: float) -> None:
 
 
 def test_reproducible_and_seed_dependent() -> None:
-    samples = _samples(300)
+    samples = synthetic_samples(300)
     a, b = split_patients(samples, seed=7), split_patients(samples, seed=7)
     assert (a.train, a.val) == (b.train, b.val)
     assert set(split_patients(samples, seed=8).val) != set(a.val)
@@ -47,7 +37,7 @@ def test_reproducible_and_seed_dependent() -> None:
 
 
 def test_stratified_by_age() -> None:
-    samples = _samples(2000)
+    samples = synthetic_samples(2000)
     sp = split_patients(samples, val_fraction=0.2, seed=1)
     age = {s.patient_id: s.age_years for s in samples}
     train = np.array([age[p] for p in sp.train])
@@ -58,7 +48,7 @@ def test_stratified_by_age() -> None:
 
 
 def test_save_load(tmp_path: Path) -> None:
-    sp = split_patients(_samples(50), seed=3)
+    sp = split_patients(synthetic_samples(50), seed=3)
     sp.save(tmp_path / "split.json")
     back = Split.load(tmp_path / "split.json")
     assert (set(back.train), set(back.val), back.seed) == (set(sp.train), set(sp.val), 3)
@@ -66,7 +56,7 @@ def test_save_load(tmp_path: Path) -> None:
 
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="fraction"):
-        split_patients(_samples(5), val_fraction=0.7, test_fraction=0.4)
+        split_patients(synthetic_samples(5), val_fraction=0.7, test_fraction=0.4)
     with pytest.raises(ValueError, match="patient_id"):
         split_patients([Sample(Path("a.png"), 40.0)])
     with pytest.raises(ValueError, match="split must be"):
