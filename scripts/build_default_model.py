@@ -10,11 +10,13 @@ Steps, each with the package's own pipeline:
    (no dependencies) and convert its Keras ImageNet Xception backbone to a timm
    ``legacy_xception`` safetensors file (``scripts/convert_keras_xception.py``, which
    documents the provenance and verifies the conversion).
-2. ``xrayage train --head ridge``: the Xception backbone, truncated after block 11 and
-   frozen, with every block's global-average-pooled output (blocks 1-11) feeding one
-   linear head solved by ridge regression (penalty by patient-grouped 5-fold CV on the
-   training patients). NIH ChestX-ray14 images of adults only (the model refuses
-   children); 20% of the patients are held out.
+2. ``xrayage train --head ridge --grid 3``: the Xception backbone, truncated after
+   block 11 and frozen; every block's output (blocks 1-11) is average-pooled over a 3 x 3
+   grid of cells, and all cell means feed one linear head solved by ridge regression
+   (penalty by patient-grouped 5-fold CV on the training patients). The grid was chosen
+   by nested CV on the training patients (``experiments/``, ``docs/experiments.md``).
+   NIH ChestX-ray14 images of adults only (the model refuses children); 20% of the
+   patients are held out.
 3. ``xrayage export --fp16-weights``: ONNX, verified against torch on real images,
    float16 weight storage (the repository limit is 50 MB).
 4. On the held-out patients: metrics with 95% patient-bootstrap intervals, by sex,
@@ -73,7 +75,7 @@ def main() -> None:
     data = f"manifest:{args.shared.resolve() / 'manifest.csv'}?source=nih_cxr14"
     run = args.work / "run"
     cfg = TrainConfig(data=[data], out=str(run), backbone="legacy_xception",
-                      image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS,
+                      image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS, grid=3,
                       init_weights=str(weights), adults_only=True, val_fraction=0.2, seed=SEED,
                       num_workers=0, progress=False)
     checkpoint = fit_linear_probe(cfg)
@@ -93,10 +95,10 @@ def main() -> None:
                         train_cv_mae=run_info["probe_train_cv_mae"])
     card.description = (
         "X-ray age from a frontal chest radiograph. Frozen ImageNet Xception (truncated after "
-        "block 11); global-average-pooled outputs of blocks 1-11 feed one ridge-regression "
-        "head, so the class activation map is exact. Trained on adult NIH ChestX-ray14 "
-        "images; metrics are on held-out patients (patient-disjoint). Built by "
-        "scripts/build_default_model.py."
+        "block 11); the outputs of blocks 1-11, average-pooled over a 3 x 3 grid of cells, "
+        "feed one ridge-regression head, so the class activation map is exact. Trained on "
+        "adult NIH ChestX-ray14 images; metrics are on held-out patients (patient-disjoint). "
+        "Built by scripts/build_default_model.py."
     )
     card.extra["validation_patients"] = sorted(set(patients))
     card.extra["backbone_initialisation"] = {

@@ -45,6 +45,23 @@ def test_ridge_head_reproduces_least_squares() -> None:
     np.testing.assert_allclose(pred, np.c_[x, np.ones(120)] @ ols, atol=1e-3)
 
 
+def test_augmented_views_train_but_are_never_scored() -> None:
+    rng = np.random.default_rng(0)
+    n, copies = 60, 3
+    x = rng.normal(size=(n, 400))  # noise: nothing to learn, more features than images
+    y = rng.normal(50, 10, n)
+    fold = np.arange(n) % 5
+    xs, ys, scored = np.tile(x, (copies, 1)), np.tile(y, copies), np.arange(n * copies) < n
+    alphas = (1e-6, 1e-3, 1.0)
+    # every view keeps its image's fold: no view of a scored image is in its training set
+    _, oof = choose_alpha(xs, ys, np.tile(fold, copies), alphas, scored)
+    assert oof.shape == (n,) and np.abs(oof - y).mean() > 0.5 * y.std()
+    # control: views dealt to other folds leak their image, and the CV score shows it
+    leaky = np.concatenate([fold, (fold + 1) % 5, (fold + 2) % 5])
+    _, oof = choose_alpha(xs, ys, leaky, alphas, scored)
+    assert np.abs(oof - y).mean() < 0.1 * y.std()
+
+
 @requires_shared_data
 @pytest.mark.slow
 def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,14 +69,16 @@ def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixtur
     run = tmp_path / "run"
     assert main(["train", "--data", f"manifest:{manifest}", "--out", str(run),
                  "--backbone", "resnet18", "--image-size", "64", "--feature-levels", "3,4",
-                 "--taps", "layer2", "--head", "ridge", "--val-fraction", "0.25",
-                 "--num-workers", "0", "--no-progress"]) == 0
+                 "--taps", "layer2", "--grid", "2", "--head", "ridge", "--ridge-views", "1",
+                 "--val-fraction", "0.25", "--num-workers", "0", "--no-progress"]) == 0
     info = json.loads((run / "run.json").read_text())
     assert info["head"] == "ridge" and info["probe_alpha"] > 0 and info["val_images"] > 0
+    assert info["probe_views"] == 2
     model_dir = tmp_path / "model"
     assert main(["export", str(run / "checkpoints" / "probe.ckpt"), "--out", str(model_dir)]) == 0
     card = json.loads((model_dir / "model_card.json").read_text())
     assert card["extra"]["taps"] == ["layer2"] and "ridge" in card["architecture"]
+    assert card["extra"]["grid"] == 2 and "2x2 grid pooling" in card["architecture"]
     capsys.readouterr()
     assert main(["predict", str(manifest), "--model", str(model_dir)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -38,6 +38,40 @@ def test_cam_is_exact(backbone: str, levels: tuple[int, ...] | None, size: int) 
     torch.testing.assert_close(cam.mean((1, 2)) + net.age_bias(), age, atol=1e-3, rtol=1e-5)
 
 
+@pytest.mark.parametrize("grid", [2, 3])
+def test_grid_pooling_keeps_the_cam_exact_and_the_cells_apart(grid: int) -> None:
+    torch.manual_seed(0)
+    net = AgeNet("resnet18", 1, (2, 3), taps=["layer2.0"], grid=grid, image_size=96).eval()
+    assert net.head.in_features == sum(net.channels) * grid**2
+    with torch.no_grad():
+        net.head.weight.normal_()
+        x = torch.randn(2, 1, 96, 96)
+        age, _, cam = net.forward_with_cam(x)
+        torch.testing.assert_close(cam.mean((1, 2)) + net.age_bias(), age, atol=1e-3, rtol=1e-5)
+        feats = net.features(x)
+        pooled = net.pool(feats)
+        # the first map's top-left cell, channel 0: the mean of that cell's pixels
+        h, w = feats[0].shape[-2] // grid, feats[0].shape[-1] // grid
+        torch.testing.assert_close(pooled[:, 0], feats[0][:, 0, :h, :w].mean((1, 2)))
+        # a weight on one cell moves the CAM only inside that cell
+        net.head.weight.zero_()
+        net.head.weight[0, grid * grid - 1] = 1.0  # map 0, channel 0, bottom-right cell
+        _, _, cam = net.forward_with_cam(x)
+    scale = cam.shape[-1] // feats[0].shape[-1]
+    inside = cam[:, -h * scale:, -w * scale:]
+    assert cam.abs().sum() == inside.abs().sum() > 0
+
+
+def test_refuses_grids_that_do_not_divide_the_maps() -> None:
+    with pytest.raises(ValueError, match="3 x 3 grid"):
+        AgeNet("resnet18", 1, (3, 4), grid=3, image_size=64)  # maps 4x4 and 2x2
+    net = AgeNet("resnet18", 1, (4,), grid=3).eval()
+    with pytest.raises(ValueError, match="equal cells"):
+        net(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="positive"):
+        AgeNet("resnet18", 1, grid=0)
+
+
 def test_refuses_inexact_cam_and_bad_levels() -> None:
     with pytest.raises(ValueError, match="integer multiples"):
         AgeNet("legacy_xception", 1, (0, 4), image_size=128)

@@ -42,10 +42,16 @@ def _devices(value: str) -> str | int:
 @click.option("--taps", default=None,
               help="Comma-separated further backbone modules pooled into the head "
                    "(e.g. block3,block5,block7,block9).")
+@click.option("--grid", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Average-pool each feature map over GRID x GRID cells (1: global average "
+                   "pooling); the map sizes must divide by it.")
 @click.option("--head", type=click.Choice(["trained", "ridge"]), default="trained",
               show_default=True,
               help="ridge: freeze the backbone and solve the linear head in closed form "
                    "(a linear probe; penalty by patient-grouped CV).")
+@click.option("--ridge-views", type=click.IntRange(0, 16), default=0, show_default=True,
+              help="With --head ridge: add this many randomly augmented views of each "
+                   "training image to the fit (never to the CV score).")
 @click.option("--init-weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="timm state dict (.safetensors) to start from.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -85,7 +91,8 @@ def train(**kw: object) -> None:
         epochs=kw["epochs"], loss=str(kw["loss"]), lr=kw["lr"], weight_decay=kw["weight_decay"],
         batch_size=kw["batch_size"], backbone_lr_mult=kw["backbone_lr_mult"],
         freeze_stages=kw["freeze_stages"], feature_levels=_levels(kw["feature_levels"]),
-        taps=_taps(kw["taps"]), head=str(kw["head"]),
+        taps=_taps(kw["taps"]), grid=kw["grid"], head=str(kw["head"]),
+        ridge_views=kw["ridge_views"],
         init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
         val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
         min_age=kw["min_age"], max_age=kw["max_age"], all_views=bool(kw["all_views"]),

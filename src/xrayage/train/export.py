@@ -151,11 +151,12 @@ def export(
     with torch.no_grad():
         ref_age, _, ref_cam = net.forward_with_cam(torch.from_numpy(batch))
     run = json.loads((run_dir / "run.json").read_text()) if run_dir else {}
+    pooling = "GAP" if net.grid == 1 else f"{net.grid}x{net.grid} grid pooling"
     card = ModelCard(
         name=name or out.name, version=__version__,
         architecture=f"AgeNet(timm {hp['backbone']}, feature levels {net.feature_levels}"
                      f"{', taps ' + ','.join(net.taps) if net.taps else ''}, "
-                     f"GAP -> linear{' + log-variance' if gaussian else ''}"
+                     f"{pooling} -> linear{' + log-variance' if gaussian else ''}"
                      f"{', ridge on a frozen backbone' if run.get('head') == 'ridge' else ''})",
         preprocessing=spec, outputs={n: n for n in names},
         training_data=run.get("training_data", []),
@@ -164,7 +165,7 @@ def export(
                  "train_mean_age": run.get("train_mean_age"),
                  "train_images": run.get("train_images")},
         extra={"backbone": hp["backbone"], "feature_levels": net.feature_levels,
-               "taps": net.taps, "head": run.get("head", "trained"),
+               "taps": net.taps, "grid": net.grid, "head": run.get("head", "trained"),
                "loss": hp["loss"], "cam_bias": net.age_bias(), "exporter": exporter,
                "opset": opset, "checkpoint": str(checkpoint),
                "split_file": str(run_dir / "split.json") if run_dir else None},

@@ -52,7 +52,9 @@ class TrainConfig:
     freeze_stages: int = 0
     feature_levels: list[int] | None = None
     taps: list[str] | None = None
+    grid: int = 1
     head: str = "trained"
+    ridge_views: int = 0
     init_weights: str | None = None
     seed: int = 0
     val_fraction: float = 0.1
@@ -193,7 +195,7 @@ def fit(cfg: TrainConfig) -> Path:
                        batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     module = AgeModule(
         backbone=cfg.backbone, spec=info["preprocessing"], feature_levels=cfg.feature_levels,
-        taps=cfg.taps, loss=cfg.loss, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        taps=cfg.taps, grid=cfg.grid, loss=cfg.loss, lr=cfg.lr, weight_decay=cfg.weight_decay,
         backbone_lr_mult=cfg.backbone_lr_mult, freeze_stages=cfg.freeze_stages,
         init_weights=cfg.init_weights, init_age=info["train_mean_age"] or 50.0,
         age_scale=max(1.0, info["train_sd_age"] or 15.0),

@@ -32,6 +32,8 @@ class AgeModule(L.LightningModule):
     feature_levels : list of int, optional
     taps : list of str, optional
         Further backbone modules pooled into the head (see AgeNet).
+    grid : int
+        Cells per side of the average pooling (see AgeNet).
     loss : {'l1', 'smooth_l1', 'gaussian_nll'}
         ``gaussian_nll`` adds a log-variance output (the model's σ in years).
     lr, weight_decay : float
@@ -68,6 +70,7 @@ class AgeModule(L.LightningModule):
         augment_cfg: dict[str, Any] | None = None,
         run_dir: str | None = None,
         taps: list[str] | None = None,
+        grid: int = 1,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -78,7 +81,7 @@ class AgeModule(L.LightningModule):
         self.net = AgeNet(backbone, self.spec.channels, feature_levels,
                           gaussian=loss == "gaussian_nll", init_weights=init_weights,
                           init_age=init_age, age_scale=age_scale, image_size=self.spec.image_size,
-                          taps=taps)
+                          taps=taps, grid=grid)
         self.net.freeze_stages(freeze_stages)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

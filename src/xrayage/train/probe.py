@@ -28,14 +28,15 @@ from .fit import TrainConfig, prepare
 
 logger = logging.getLogger(__name__)
 
-ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 25))
-"""Ridge penalties searched (on standardised features)."""
+ALPHA_RATIOS = tuple(float(a) for a in np.logspace(-4, 1, 26))
+"""Ridge penalties searched, per standardised feature (the penalty is this times the
+feature count, so the search fits 7,000 global means and 60,000 grid cells alike)."""
 
 
 @torch.no_grad()
 def extract_features(model: Any, images: np.ndarray, spec: Any, batch_size: int = 16,
-                     hflip: bool = False) -> np.ndarray:
-    """GAP features of every selected level, concatenated: (N, Σ C_l) float64.
+                     augment_seed: int | None = None) -> np.ndarray:
+    """The head's input features (every selected level's cell means): (N, Σ C_l g²) float64.
 
     Parameters
     ----------
@@ -43,20 +44,21 @@ def extract_features(model: Any, images: np.ndarray, spec: Any, batch_size: int 
     images : numpy.ndarray
         uint8 (N, S, S) from the training cache.
     spec : PreprocessSpec
-    hflip : bool
-        Mirror the images first (a test of the augmentation, not a default).
+    augment_seed : int, optional
+        Transform each image once at random first (the training augmentation, no flips),
+        seeded: an augmented view for the ridge fit.
     """
-    from .augment import normalize, to_float
+    from .augment import AugmentConfig, augment, normalize, to_float
 
     model.eval()
     out = []
+    generator = torch.Generator().manual_seed(augment_seed or 0)
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        x = normalize(to_float(batch), spec)
-        if hflip:
-            x = torch.flip(x, dims=(-1,))
-        feats = model.features(x)
-        out.append(torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1).double().numpy())
+        x = to_float(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])))
+        if augment_seed is not None:
+            x = augment(x, AugmentConfig(), generator)
+        feats = model.features(normalize(x, spec))
+        out.append(model.pool(feats).double().numpy())
     return np.concatenate(out)
 
 
@@ -81,19 +83,27 @@ def patient_folds(patients: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
 
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
-                 alphas: Sequence[float] = ALPHAS) -> tuple[float, np.ndarray]:
+                 alphas: Sequence[float] | None = None, scored: np.ndarray | None = None
+                 ) -> tuple[float, np.ndarray]:
     """Pick the penalty by k-fold CV over the given (patient-disjoint) fold labels; return
-    it and the out-of-fold predictions at that penalty."""
+    it and the out-of-fold predictions of the `scored` rows at that penalty.
+
+    Default penalties: ``ALPHA_RATIOS`` times the feature count. `scored` (default all
+    rows) marks the original images; the other rows (augmented views) only ever train.
+    """
+    if alphas is None:
+        alphas = [r * x.shape[1] for r in ALPHA_RATIOS]
+    scored = np.ones(len(y), bool) if scored is None else scored
     preds = np.zeros((len(alphas), len(y)))
     for k in np.unique(fold):
-        tr, va = fold != k, fold == k
+        tr, va = fold != k, (fold == k) & scored
         mean, sd = _standardise(x[tr])
         coefs = _solve((x[tr] - mean) / sd, y[tr] - y[tr].mean(), alphas)
         for i, coef in enumerate(coefs):
             preds[i, va] = ((x[va] - mean) / sd) @ coef + y[tr].mean()
-    mae = np.abs(preds - y).mean(axis=1)
+    mae = np.abs(preds - y)[:, scored].mean(axis=1)
     best = int(np.argmin(mae))
-    return float(alphas[best]), preds[best]
+    return float(alphas[best]), preds[best, scored]
 
 
 def set_head(model: Any, x: np.ndarray, y: np.ndarray, alpha: float) -> None:
@@ -125,7 +135,8 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     torch.manual_seed(cfg.seed)
     module = AgeModule(
         backbone=cfg.backbone, spec=info["preprocessing"], feature_levels=cfg.feature_levels,
-        taps=cfg.taps, init_weights=cfg.init_weights, init_age=info["train_mean_age"] or 50.0,
+        taps=cfg.taps, grid=cfg.grid, init_weights=cfg.init_weights,
+        init_age=info["train_mean_age"] or 50.0,
         age_scale=max(1.0, info["train_sd_age"] or 15.0), run_dir=str(out.resolve()),
         augment_cfg={"hflip": False, "enabled": False},
     )
@@ -138,11 +149,18 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     x, y, train = parts["train"]
     if len(y) < 2 * folds:
         raise ValueError(f"{len(y)} training images are too few for a {folds}-fold ridge probe")
-    alpha, oof = choose_alpha(x, y, patient_folds([s.patient_id for s in train], folds,
-                                                  cfg.seed))
-    set_head(module.net, x, y, alpha)
+    fold = patient_folds([s.patient_id for s in train], folds, cfg.seed)
+    if cfg.ridge_views:  # augmented views of the training images join the fit, never the score
+        _, images = _images(cache, train)
+        x = np.concatenate([x, *(extract_features(module.net, images, spec,
+                                                  augment_seed=cfg.seed + v + 1)
+                                 for v in range(cfg.ridge_views))])
+    copies = 1 + cfg.ridge_views
+    alpha, oof = choose_alpha(x, np.tile(y, copies), np.tile(fold, copies),
+                              scored=np.arange(len(x)) < len(y))
+    set_head(module.net, x, np.tile(y, copies), alpha)
     result: dict[str, Any] = {"probe_alpha": alpha, "probe_train_cv_mae": float(
-        np.abs(oof - y).mean()), "probe_train_images": len(y)}
+        np.abs(oof - y).mean()), "probe_train_images": len(y), "probe_views": copies}
     xv, yv, _ = parts["val"]
     if len(yv):
         with torch.no_grad():
