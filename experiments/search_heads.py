@@ -92,18 +92,21 @@ def dual_ridge(k_tr: np.ndarray, k_te: np.ndarray, y: np.ndarray, ratios: np.nda
 
 
 def nested(
-    k: np.ndarray, y: np.ndarray, patients: np.ndarray, copies: int = 1
+    k: np.ndarray, y: np.ndarray, patients: np.ndarray, copies: int = 1,
+    y_extra: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list]:
     """Outer 5-fold predictions with the penalty chosen by inner 5-fold CV.
 
     With ``copies > 1``, `k` has ``copies * len(y)`` rows and columns: augmented views of
-    the images, which join the training rows of their patient's folds only."""
+    the images, which join the training rows of their patient's folds only. Rows after
+    those (labels `y_extra`: another data set) join every training set."""
     n = len(y)
     outer = patient_folds(list(patients), 5, 0)
-    y_all = np.tile(y, copies)
+    extra = np.arange(len(y_extra) if y_extra is not None else 0) + copies * n
+    y_all = np.concatenate([np.tile(y, copies), y_extra if y_extra is not None else []])
 
     def views(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([rows + c * n for c in range(copies)])
+        return np.concatenate([*(rows + c * n for c in range(copies)), extra])
 
     pred, chosen = np.zeros_like(y), []
     for o in range(5):
@@ -136,11 +139,18 @@ def report(
 
 def main() -> None:
     args = sys.argv[1:]
-    aug = [np.load(args.pop(args.index("--aug") + 1)) for _ in range(args.count("--aug"))]
+    aug = []
+    while "--aug" in args:
+        at = args.index("--aug")
+        aug.append(np.load(args.pop(at + 1)))
+        args.pop(at)
     ext = np.load(args.pop(args.index("--ext") + 1)) if "--ext" in args else None
     gamma = float(args.pop(args.index("--rbf") + 1)) if "--rbf" in args else None
     equal = "--equal" in args
-    args = [a for a in args if a not in ("--aug", "--ext", "--rbf", "--equal")]
+    other = np.load(args.pop(args.index("--domain") + 1)) if "--domain" in args else None
+    easy = "--easyda" in args
+    args = [a for a in args if a not in ("--aug", "--ext", "--rbf", "--equal", "--domain",
+                                         "--easyda")]
     f = np.load(args[0])
     y, patients = f["train_age"], f["train_patient"]
     for g in aug:
@@ -149,7 +159,8 @@ def main() -> None:
     for spec in args[1:]:
         t = time.time()
         x = [
-            np.concatenate([g[f"train_{key}"][:, cols] for g in [f, *aug]])
+            np.concatenate([g[f"train_{key}"][:, cols] for g in [f, *aug]]
+                           + ([other[f"ext_{key}"][:, cols]] if other is not None else []))
             for key, cols in columns(f, spec)
         ]
         # Standardising on all training-role rows (labels unused) lets one Gram matrix
@@ -157,7 +168,11 @@ def main() -> None:
         k = grams(x, np.ones(len(x[0]), bool), equal=equal)
         if gamma:
             k = rbf(k, gamma)
-        pred, chosen = nested(k, y, patients, 1 + len(aug))
+        if easy and other is not None:  # shared + per-domain weights (Daume 2007)
+            nih = np.arange(len(k)) < len(k) - len(other["ext_age"])
+            k = k * (1 + (nih[:, None] == nih[None]))
+        pred, chosen = nested(k, y, patients, 1 + len(aug),
+                              other["ext_age"] if other is not None else None)
         report(spec, y, pred, patients, t, " ".join(f"{c:.3g}" for c in chosen))
         if ext is not None:
             external([f, *aug], ext, spec, y, patients)

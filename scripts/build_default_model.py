@@ -10,11 +10,13 @@ Steps, each with the package's own pipeline:
    (no dependencies) and convert its Keras ImageNet Xception backbone to a timm
    ``legacy_xception`` safetensors file (``scripts/convert_keras_xception.py``, which
    documents the provenance and verifies the conversion).
-2. ``xrayage train --head ridge --grid 3``: the Xception backbone, truncated after
-   block 11 and frozen; every block's output (blocks 1-11) is average-pooled over a 3 x 3
-   grid of cells, and all cell means feed one linear head solved by ridge regression
-   (penalty by patient-grouped 5-fold CV on the training patients). The grid was chosen
-   by nested CV on the training patients (``experiments/``, ``docs/experiments.md``).
+2. ``xrayage train --head ridge --grid 3 --ridge-views 2``: the Xception backbone,
+   truncated after block 11 and frozen; every block's output (blocks 1-11) is
+   average-pooled over a 3 x 3 grid of cells, and all cell means feed one linear head
+   solved by ridge regression on each training image and two randomly augmented views of
+   it (penalty by patient-grouped 5-fold CV on the training patients' original images).
+   Grid and views were chosen by nested CV on the training patients and a check on
+   another source (``experiments/``, ``docs/experiments.md``).
    NIH ChestX-ray14 images of adults only (the model refuses children); 20% of the
    patients are held out.
 3. ``xrayage export --fp16-weights``: ONNX, verified against torch on real images,
@@ -75,7 +77,7 @@ def main() -> None:
     data = f"manifest:{args.shared.resolve() / 'manifest.csv'}?source=nih_cxr14"
     run = args.work / "run"
     cfg = TrainConfig(data=[data], out=str(run), backbone="legacy_xception",
-                      image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS, grid=3,
+                      image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS, grid=3, ridge_views=2,
                       init_weights=str(weights), adults_only=True, val_fraction=0.2, seed=SEED,
                       num_workers=0, progress=False)
     checkpoint = fit_linear_probe(cfg)

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch", reason="needs the 'train' extra")
 
 from xrayage.cli.main import main  # noqa: E402
 from xrayage.train.model import AgeNet  # noqa: E402
-from xrayage.train.probe import choose_alpha, set_head  # noqa: E402
+from xrayage.train.probe import _solve, choose_alpha, set_head  # noqa: E402
 
 from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
 
@@ -43,6 +43,15 @@ def test_ridge_head_reproduces_least_squares() -> None:
     pred = (lin(torch.from_numpy(x).float()).squeeze(1) * 10 + 50).detach().numpy()
     ols = np.linalg.lstsq(np.c_[x, np.ones(120)], y, rcond=None)[0]
     np.testing.assert_allclose(pred, np.c_[x, np.ones(120)] @ ols, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(40, 300), (300, 40)])
+def test_ridge_solution_in_primal_and_dual_form(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=shape), rng.normal(size=shape[0])
+    for alpha, coef in zip((0.01, 30.0), _solve(x, y, (0.01, 30.0)), strict=True):
+        exact = np.linalg.solve(x.T @ x + alpha * np.eye(shape[1]), x.T @ y)
+        np.testing.assert_allclose(coef, exact, atol=1e-8)
 
 
 def test_augmented_views_train_but_are_never_scored() -> None:

@@ -177,8 +177,7 @@ class AgeNet(nn.Module):
             raise ValueError(f"feature maps {shapes} do not split into {g} x {g} equal cells; "
                              "choose another image size or grid")
         return torch.cat([
-            (f.mean(dim=(2, 3)) if g == 1
-             else F.avg_pool2d(f, (f.shape[-2] // g, f.shape[-1] // g)).flatten(1))
+            f.mean(dim=(2, 3)) if g == 1 else F.adaptive_avg_pool2d(f, g).flatten(1)
             for f in feats], dim=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -63,7 +63,13 @@ def extract_features(model: Any, images: np.ndarray, spec: Any, batch_size: int 
 
 
 def _solve(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
-    """Ridge coefficients (standardised x, centred y) for each alpha, via one SVD."""
+    """Ridge coefficients (standardised x, centred y) for each alpha, via one
+    decomposition: of the images' Gram matrix when there are more features than images
+    (the dual form), else an SVD of x."""
+    if x.shape[0] < x.shape[1]:
+        e, v = np.linalg.eigh(x @ x.T)
+        vty, e = v.T @ y, np.clip(e, 0.0, None)
+        return [x.T @ (v @ (vty / (e + a))) for a in alphas]
     u, s, vt = np.linalg.svd(x, full_matrices=False)
     uty = u.T @ y
     return [vt.T @ (s / (s**2 + a) * uty) for a in alphas]
