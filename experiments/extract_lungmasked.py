@@ -1,6 +1,6 @@
 """Pool the frozen Xception maps of a seeded sample of the lung-masked RSNA images.
 
-For the domain-adaptation experiment of ``docs/experiments.md`` section 6: the same
+For the domain-adaptation experiment of ``docs/experiments.md`` section 5: the same
 network, size and grids as ``extract_maps.py``, on ``aux_rsna_lungmasked`` adults. Their
 lung intensities are inverted back (the background stays black). Writes an ``.npz``
 whose rows are role ``ext``. Usage::
