@@ -172,7 +172,8 @@ class AgeNet(nn.Module):
     def pool(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """The head's input: each map's ``grid x grid`` cell means, (N, Σ_l C_l grid²)."""
         g = self.grid
-        if g > 1 and any(f.shape[-2] % g or f.shape[-1] % g for f in feats):
+        if g > 1 and not torch.jit.is_tracing() and any(
+                f.shape[-2] % g or f.shape[-1] % g for f in feats):
             shapes = [tuple(f.shape[-2:]) for f in feats]
             raise ValueError(f"feature maps {shapes} do not split into {g} x {g} equal cells; "
                              "choose another image size or grid")
