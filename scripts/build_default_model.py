@@ -77,7 +77,8 @@ def main() -> None:
     data = f"manifest:{args.shared.resolve() / 'manifest.csv'}?source=nih_cxr14"
     run = args.work / "run"
     cfg = TrainConfig(data=[data], out=str(run), backbone="legacy_xception",
-                      image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS, grid=3, ridge_views=2,
+                      image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS,
+                      grid=3, ridge_views=2,
                       init_weights=str(weights), adults_only=True, val_fraction=0.2, seed=SEED,
                       num_workers=0, progress=False)
     checkpoint = fit_linear_probe(cfg)

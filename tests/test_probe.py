@@ -54,6 +54,13 @@ def test_ridge_solution_in_primal_and_dual_form(shape: tuple[int, int]) -> None:
         np.testing.assert_allclose(coef, exact, atol=1e-8)
 
 
+def test_ridge_views_need_the_ridge_head(tmp_path: Path) -> None:
+    from xrayage.train.fit import TrainConfig, train_model
+
+    with pytest.raises(ValueError, match="ridge head only"):
+        train_model(TrainConfig(data=["manifest:none.csv"], out=str(tmp_path), ridge_views=2))
+
+
 def test_augmented_views_train_but_are_never_scored() -> None:
     rng = np.random.default_rng(0)
     n, copies = 60, 3

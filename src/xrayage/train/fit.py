@@ -161,6 +161,9 @@ def train_model(cfg: TrainConfig) -> Path:
         return fit_linear_probe(cfg)
     if cfg.head != "trained":
         raise ValueError(f"head must be 'trained' or 'ridge', not {cfg.head!r}")
+    if cfg.ridge_views:
+        raise ValueError("ridge views are augmented copies for the ridge head only; a trained "
+                         "head augments every epoch (use --head ridge, or drop --ridge-views)")
     return fit(cfg)
 
 
