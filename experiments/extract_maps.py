@@ -11,7 +11,6 @@ view and patient ids. ``search_heads.py`` fits heads on it. Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -95,7 +94,6 @@ def main() -> None:
         arrays[f"{role}_path"] = np.array([str(s.path) for s in found])
     arrays["channels"] = np.array(net.channels)
     np.savez(a.out, **arrays)
-    shutil.rmtree(a.run / "checkpoints", ignore_errors=True)
 
 
 if __name__ == "__main__":

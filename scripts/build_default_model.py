@@ -99,7 +99,8 @@ def main() -> None:
     card.description = (
         "X-ray age from a frontal chest radiograph. Frozen ImageNet Xception (truncated after "
         "block 11); the outputs of blocks 1-11, average-pooled over a 3 x 3 grid of cells, "
-        "feed one ridge-regression head, so the class activation map is exact. Trained on "
+        "feed one ridge-regression head (fitted on each training image and two randomly "
+        "augmented views of it), so the class activation map is exact. Trained on "
         "adult NIH ChestX-ray14 images; metrics are on held-out patients (patient-disjoint). "
         "Built by scripts/build_default_model.py."
     )

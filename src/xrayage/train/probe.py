@@ -147,21 +147,20 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
         augment_cfg={"hflip": False, "enabled": False},
     )
     spec = cfg.spec()
+    copies = 1 + cfg.ridge_views
     parts = {}
     for role in ("train", "val"):
         found, images = _images(cache, split.assign(samples, role))
-        x = extract_features(module.net, images, spec) if found else np.zeros((0, 1))
+        # the training images' augmented views (seeds seed+1, ...) follow the originals;
+        # they join the fit, never the score
+        x = np.concatenate([
+            extract_features(module.net, images, spec, augment_seed=cfg.seed + v if v else None)
+            for v in range(copies if role == "train" else 1)]) if found else np.zeros((0, 1))
         parts[role] = (x, np.array([s.age_years for s in found]), found)
     x, y, train = parts["train"]
     if len(y) < 2 * folds:
         raise ValueError(f"{len(y)} training images are too few for a {folds}-fold ridge probe")
     fold = patient_folds([s.patient_id for s in train], folds, cfg.seed)
-    if cfg.ridge_views:  # augmented views of the training images join the fit, never the score
-        _, images = _images(cache, train)
-        x = np.concatenate([x, *(extract_features(module.net, images, spec,
-                                                  augment_seed=cfg.seed + v + 1)
-                                 for v in range(cfg.ridge_views))])
-    copies = 1 + cfg.ridge_views
     alpha, oof = choose_alpha(x, np.tile(y, copies), np.tile(fold, copies),
                               scored=np.arange(len(x)) < len(y))
     set_head(module.net, x, np.tile(y, copies), alpha)
