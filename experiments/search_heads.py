@@ -13,11 +13,12 @@ extraction file (``channels``). Usage::
 
     python experiments/search_heads.py feats.npz g1:1-11 g3:1-11 g6:1-11
     python experiments/search_heads.py feats.npz --aug flipped.npz g3:1-11  # + training copies
+    python experiments/search_heads.py feats.npz --fraction 0.5 g3:1-11  # learning curve
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import numpy as np
@@ -91,37 +92,74 @@ def dual_ridge(k_tr: np.ndarray, k_te: np.ndarray, y: np.ndarray, ratios: np.nda
     )
 
 
+def irls(k_tr: np.ndarray, k_te: np.ndarray, y: np.ndarray, ratios: np.ndarray,
+         steps: int = 8, delta: float = 1.0) -> np.ndarray:
+    """Like `dual_ridge`, but the loss is absolute error (Huber with `delta` years), by
+    iteratively reweighted least squares started from the ridge solution."""
+    kc, kt = centre(k_tr, k_te)
+    scale = np.trace(kc) / len(kc)
+    out = []
+    for r in ratios:
+        pred_tr = dual_ridge(k_tr, k_tr, y, np.array([r]))[0]
+        for _ in range(steps):
+            w = 1 / np.maximum(np.abs(y - pred_tr), delta)
+            # weighted kernel ridge with an intercept: [K + lam W^-1, 1; 1^T w, sum w]
+            n = len(y)
+            a = np.zeros((n + 1, n + 1))
+            a[:n, :n] = kc + r * scale * np.diag(1 / w)
+            a[:n, n] = 1
+            a[n, :n] = 1
+            sol = np.linalg.solve(a, np.concatenate([y, [0.0]]))
+            pred_tr = kc @ sol[:n] + sol[n]
+        out.append(kt @ sol[:n] + sol[n])
+    return np.stack(out)
+
+
 def nested(
     k: np.ndarray, y: np.ndarray, patients: np.ndarray, copies: int = 1,
-    y_extra: np.ndarray | None = None,
+    y_extra: np.ndarray | None = None, stretch: bool = False, fraction: float = 1.0,
+    l1: bool = False,
 ) -> tuple[np.ndarray, list]:
     """Outer 5-fold predictions with the penalty chosen by inner 5-fold CV.
 
     With ``copies > 1``, `k` has ``copies * len(y)`` rows and columns: augmented views of
     the images, which join the training rows of their patient's folds only. Rows after
-    those (labels `y_extra`: another data set) join every training set."""
+    those (labels `y_extra`: another data set) join every training set. `stretch` maps
+    the predictions by the line fitted to the inner out-of-fold predictions; `fraction`
+    keeps that share of each outer training set's patients (a learning curve); `l1` fits
+    absolute error instead of squared error."""
     n = len(y)
     outer = patient_folds(list(patients), 5, 0)
     extra = np.arange(len(y_extra) if y_extra is not None else 0) + copies * n
     y_all = np.concatenate([np.tile(y, copies), y_extra if y_extra is not None else []])
+    rng = np.random.default_rng(2)
+    ratios = RATIOS[::4] if l1 else RATIOS
+    fit = irls if l1 else dual_ridge
 
     def views(rows: np.ndarray) -> np.ndarray:
         return np.concatenate([*(rows + c * n for c in range(copies)), extra])
 
     pred, chosen = np.zeros_like(y), []
     for o in range(5):
-        tr, te = np.flatnonzero(outer != o), np.flatnonzero(outer == o)
+        tr = np.flatnonzero(outer != o)
+        if fraction < 1:
+            names = np.unique(patients[tr])
+            keep = rng.choice(names, round(fraction * len(names)), replace=False)
+            tr = tr[np.isin(patients[tr], keep)]
+        te = np.flatnonzero(outer == o)
         inner = patient_folds(list(patients[tr]), 5, 1)
-        err = np.zeros(len(RATIOS))
+        oof = np.zeros((len(ratios), len(tr)))
         for i in range(5):
             a, b = views(tr[inner != i]), tr[inner == i]
-            err += np.abs(
-                dual_ridge(k[np.ix_(a, a)], k[np.ix_(b, a)], y_all[a], RATIOS) - y[b]
-            ).sum(1)
-        best = int(np.argmin(err))
-        chosen.append(float(RATIOS[best]))
+            oof[:, inner == i] = fit(k[np.ix_(a, a)], k[np.ix_(b, a)], y_all[a], ratios)
+        best = int(np.argmin(np.abs(oof - y[tr]).sum(1)))
+        chosen.append(float(ratios[best]))
         a = views(tr)
-        pred[te] = dual_ridge(k[np.ix_(a, a)], k[np.ix_(te, a)], y_all[a], RATIOS[[best]])[0]
+        pred[te] = fit(k[np.ix_(a, a)], k[np.ix_(te, a)], y_all[a], ratios[[best]])[0]
+        if stretch:
+            slope, intercept = np.polyfit(oof[best], y[tr], 1)
+            pred[te] = intercept + slope * pred[te]
+            chosen[-1] = f"{ratios[best]:.3g}/x{slope:.2f}"
     return pred, chosen
 
 
@@ -138,44 +176,50 @@ def report(
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    aug = []
-    while "--aug" in args:
-        at = args.index("--aug")
-        aug.append(np.load(args.pop(at + 1)))
-        args.pop(at)
-    ext = np.load(args.pop(args.index("--ext") + 1)) if "--ext" in args else None
-    gamma = float(args.pop(args.index("--rbf") + 1)) if "--rbf" in args else None
-    equal = "--equal" in args
-    other = np.load(args.pop(args.index("--domain") + 1)) if "--domain" in args else None
-    easy = "--easyda" in args
-    args = [a for a in args if a not in ("--aug", "--ext", "--rbf", "--equal", "--domain",
-                                         "--easyda")]
-    f = np.load(args[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("features", type=np.load, help="extract_maps.py output")
+    p.add_argument("specs", nargs="+", help="feature sets, e.g. g3:1-3+g3:5-12")
+    p.add_argument("--aug", type=np.load, action="append", default=[],
+                   help="augmented views of the same images (training rows only)")
+    p.add_argument("--ext", type=np.load, help="another source to score (fit on all rows)")
+    p.add_argument("--domain", type=np.load, help="another source's rows join every fit")
+    p.add_argument("--easyda", action="store_true",
+                   help="with --domain: shared + per-source weights (Daume 2007)")
+    p.add_argument("--rbf", type=float, help="Gaussian kernel, width x median distance")
+    p.add_argument("--equal", action="store_true", help="scale each block to equal weight")
+    p.add_argument("--stretch", action="store_true",
+                   help="map predictions by a line fitted to the inner out-of-fold ones")
+    p.add_argument("--l1", action="store_true", help="absolute-error loss (IRLS)")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="share of each outer training set's patients kept")
+    a = p.parse_args()
+    f, other = a.features, a.domain
     y, patients = f["train_age"], f["train_patient"]
-    for g in aug:
+    for g in a.aug:
         assert (g["train_path"] == f["train_path"]).all()
     print("| features | MAE | r | no-skill | n | time | penalties |\n|---|---|---|---|---|---|---|")
-    for spec in args[1:]:
+    for spec in a.specs:
         t = time.time()
         x = [
-            np.concatenate([g[f"train_{key}"][:, cols] for g in [f, *aug]]
+            np.concatenate([g[f"train_{key}"][:, cols] for g in [f, *a.aug]]
                            + ([other[f"ext_{key}"][:, cols]] if other is not None else []))
             for key, cols in columns(f, spec)
         ]
         # Standardising on all training-role rows (labels unused) lets one Gram matrix
         # serve every fold.
-        k = grams(x, np.ones(len(x[0]), bool), equal=equal)
-        if gamma:
-            k = rbf(k, gamma)
-        if easy and other is not None:  # shared + per-domain weights (Daume 2007)
+        k = grams(x, np.ones(len(x[0]), bool), equal=a.equal)
+        if a.rbf:
+            k = rbf(k, a.rbf)
+        if a.easyda and other is not None:
             nih = np.arange(len(k)) < len(k) - len(other["ext_age"])
             k = k * (1 + (nih[:, None] == nih[None]))
-        pred, chosen = nested(k, y, patients, 1 + len(aug),
-                              other["ext_age"] if other is not None else None)
-        report(spec, y, pred, patients, t, " ".join(f"{c:.3g}" for c in chosen))
-        if ext is not None:
-            external([f, *aug], ext, spec, y, patients)
+        pred, chosen = nested(k, y, patients, 1 + len(a.aug),
+                              other["ext_age"] if other is not None else None,
+                              stretch=a.stretch, fraction=a.fraction, l1=a.l1)
+        report(spec, y, pred, patients, t, " ".join(f"{c:.3g}" if isinstance(c, float)
+                                                    else c for c in chosen))
+        if a.ext is not None:
+            external([f, *a.aug], a.ext, spec, y, patients)
 
 
 def external(

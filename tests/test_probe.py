@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ torch = pytest.importorskip("torch", reason="needs the 'train' extra")
 
 from xrayage.cli.main import main  # noqa: E402
 from xrayage.train.model import AgeNet  # noqa: E402
-from xrayage.train.probe import _solve, choose_alpha, set_head  # noqa: E402
+from xrayage.train.probe import _solve, choose_alpha, crossfit_ridge, set_head  # noqa: E402
 
 from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
 
@@ -59,6 +60,9 @@ def test_ridge_views_need_the_ridge_head(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="ridge head only"):
         train_model(TrainConfig(data=["manifest:none.csv"], out=str(tmp_path), ridge_views=2))
+    with pytest.raises(ValueError, match="ridge head only"):
+        train_model(TrainConfig(data=["manifest:none.csv"], out=str(tmp_path),
+                                ridge_crossfit=True))
 
 
 def test_augmented_views_train_but_are_never_scored() -> None:
@@ -78,6 +82,24 @@ def test_augmented_views_train_but_are_never_scored() -> None:
     assert np.abs(oof - y).mean() < 0.1 * y.std()
 
 
+def test_crossfit_is_patient_disjoint_and_nested() -> None:
+    rng = np.random.default_rng(3)
+    n, copies = 120, 3
+    patients = [f"p{i // 2}" for i in range(n)]  # two images per patient
+    x = rng.normal(size=(n, 30))
+    # signal: the age is a linear function of the features, which cross-fitting recovers
+    y = 50 + x[:, :5] @ np.array([4.0, -3.0, 2.0, 3.0, -2.0]) + rng.normal(0, 1, n)
+    oof, alphas = crossfit_ridge(np.tile(x, (copies, 1)), y, patients, copies)
+    assert oof.shape == (n,) and len(alphas) == 5
+    assert np.abs(oof - y).mean() < 0.5 * np.abs(y - np.median(y)).mean()
+    # noise: a patient's second image and every view carry its label; any of them in a
+    # training fold would let a small penalty memorise it, and the score would show it
+    twin = np.repeat(rng.normal(size=(n // 2, 300)), 2, axis=0)
+    noise = np.repeat(rng.normal(50, 10, n // 2), 2)
+    oof, _ = crossfit_ridge(np.tile(twin, (copies, 1)), noise, patients, copies)
+    assert np.abs(oof - noise).mean() > 0.6 * np.abs(noise - np.median(noise)).mean()
+
+
 @requires_shared_data
 @pytest.mark.slow
 def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,15 +108,25 @@ def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["train", "--data", f"manifest:{manifest}", "--out", str(run),
                  "--backbone", "resnet18", "--image-size", "64", "--feature-levels", "3,4",
                  "--taps", "layer2", "--grid", "2", "--head", "ridge", "--ridge-views", "1",
-                 "--val-fraction", "0.25", "--num-workers", "0", "--no-progress"]) == 0
+                 "--ridge-crossfit", "--val-fraction", "0.25", "--num-workers", "0",
+                 "--no-progress"]) == 0
     info = json.loads((run / "run.json").read_text())
     assert info["head"] == "ridge" and info["probe_alpha"] > 0 and info["val_images"] > 0
-    assert info["probe_views"] == 2
+    assert info["probe_views"] == 2 and len(info["probe_crossfit_alphas"]) == 5
+    with open(run / "probe_oof.csv", newline="") as handle:
+        oof = list(csv.DictReader(handle))
+    assert len(oof) == info["train_images"] and all(float(r["xray_age"]) > 0 for r in oof)
+    assert info["probe_crossfit_mae"] == pytest.approx(
+        np.mean([abs(float(r["xray_age"]) - float(r["age_years"])) for r in oof]))
     model_dir = tmp_path / "model"
     assert main(["export", str(run / "checkpoints" / "probe.ckpt"), "--out", str(model_dir)]) == 0
     card = json.loads((model_dir / "model_card.json").read_text())
     assert card["extra"]["taps"] == ["layer2"] and "ridge" in card["architecture"]
     assert card["extra"]["grid"] == 2 and "2x2 grid pooling" in card["architecture"]
+    # the out-of-fold predictions calibrate the model
+    assert main(["calibrate", str(model_dir), str(run / "probe_oof.csv")]) == 0
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["conformal"]["n"] == len(oof)
     capsys.readouterr()
     assert main(["predict", str(manifest), "--model", str(model_dir)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -52,6 +52,10 @@ def _devices(value: str) -> str | int:
 @click.option("--ridge-views", type=click.IntRange(0, 16), default=0, show_default=True,
               help="With --head ridge: add this many randomly augmented views of each "
                    "training image to the fit (never to the CV score).")
+@click.option("--ridge-crossfit", is_flag=True,
+              help="With --head ridge: also score the whole recipe by nested, "
+                   "patient-disjoint cross-fitting on the training images (RUN/probe_oof.csv); "
+                   "the validation of a model trained on every image (--val-fraction 0).")
 @click.option("--init-weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="timm state dict (.safetensors) to start from.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -92,7 +96,7 @@ def train(**kw: object) -> None:
         batch_size=kw["batch_size"], backbone_lr_mult=kw["backbone_lr_mult"],
         freeze_stages=kw["freeze_stages"], feature_levels=_levels(kw["feature_levels"]),
         taps=_taps(kw["taps"]), grid=kw["grid"], head=str(kw["head"]),
-        ridge_views=kw["ridge_views"],
+        ridge_views=kw["ridge_views"], ridge_crossfit=bool(kw["ridge_crossfit"]),
         init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
         val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
         min_age=kw["min_age"], max_age=kw["max_age"], all_views=bool(kw["all_views"]),

@@ -55,6 +55,7 @@ class TrainConfig:
     grid: int = 1
     head: str = "trained"
     ridge_views: int = 0
+    ridge_crossfit: bool = False
     init_weights: str | None = None
     seed: int = 0
     val_fraction: float = 0.1
@@ -164,6 +165,9 @@ def train_model(cfg: TrainConfig) -> Path:
     if cfg.ridge_views:
         raise ValueError("ridge views are augmented copies for the ridge head only; a trained "
                          "head augments every epoch (use --head ridge, or drop --ridge-views)")
+    if cfg.ridge_crossfit:
+        raise ValueError("--ridge-crossfit scores the ridge head only; for a trained head use "
+                         "`xrayage crossfit`")
     return fit(cfg)
 
 

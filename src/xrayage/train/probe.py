@@ -112,19 +112,68 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
     return float(alphas[best]), preds[best, scored]
 
 
+def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Ridge on raw features (standardised inside): weights and intercept, in years."""
+    mean, sd = _standardise(x)
+    weight = _solve((x - mean) / sd, y - y.mean(), [alpha])[0] / sd
+    return weight, float(y.mean() - weight @ mean)
+
+
 def set_head(model: Any, x: np.ndarray, y: np.ndarray, alpha: float) -> None:
     """Fit ridge on all of (x, y) and write it into the AgeNet head (years -> head units)."""
-    mean, sd = _standardise(x)
-    coef = _solve((x - mean) / sd, y - y.mean(), [alpha])[0]
-    weight = coef / sd  # on raw GAP features
-    bias = y.mean() - float(weight @ mean)
+    weight, bias = _ridge(x, y, alpha)
     scale, shift = float(model.age_scale), float(model.age_shift)
     model.head.weight.data[0] = torch.from_numpy(weight / scale).float()
     model.head.bias.data[0] = (bias - shift) / scale
 
 
+def crossfit_ridge(x: np.ndarray, y: np.ndarray, patients: Sequence[str], copies: int = 1,
+                   folds: int = 5, seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """Out-of-fold predictions of the whole ridge recipe, patient-disjoint and nested.
+
+    Each outer fold's model is fitted on the other folds' images (and their views), with
+    its penalty chosen by an inner patient-grouped CV on those images only; so every
+    prediction comes from a model that never saw the patient, nor chose anything on them.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``copies * len(y)`` feature rows: the images, then each set of augmented views in
+        the same order.
+    y : numpy.ndarray
+        Ages of the images.
+    patients : sequence of str
+        Patient id per image.
+
+    Returns
+    -------
+    oof : numpy.ndarray
+        One prediction per image.
+    alphas : list of float
+        The penalty chosen in each outer fold.
+    """
+    n = len(y)
+    outer = patient_folds(patients, folds, seed)
+    oof, alphas = np.zeros(n), []
+    for k in range(folds):
+        tr = np.flatnonzero(outer != k)
+        rows = np.concatenate([tr + c * n for c in range(copies)])
+        inner = patient_folds([patients[i] for i in tr], folds, seed + 1)
+        alpha, _ = choose_alpha(x[rows], np.tile(y[tr], copies), np.tile(inner, copies),
+                                scored=np.arange(len(rows)) < len(tr))
+        weight, bias = _ridge(x[rows], np.tile(y[tr], copies), alpha)
+        oof[outer == k] = x[:n][outer == k] @ weight + bias
+        alphas.append(alpha)
+    return oof, alphas
+
+
 def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     """Train a linear probe; write ``checkpoints/probe.ckpt`` and update ``run.json``.
+
+    With ``cfg.ridge_crossfit``, also score the recipe on the training images by
+    :func:`crossfit_ridge` and write the out-of-fold predictions to
+    ``probe_oof.csv`` (``path, patient_id, age_years, xray_age, sex, view``): the
+    validation of a model trained on every image.
 
     Returns
     -------
@@ -160,12 +209,18 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     x, y, train = parts["train"]
     if len(y) < 2 * folds:
         raise ValueError(f"{len(y)} training images are too few for a {folds}-fold ridge probe")
-    fold = patient_folds([s.patient_id for s in train], folds, cfg.seed)
+    patients = [s.patient_id for s in train]
+    fold = patient_folds(patients, folds, cfg.seed)
     alpha, oof = choose_alpha(x, np.tile(y, copies), np.tile(fold, copies),
                               scored=np.arange(len(x)) < len(y))
     set_head(module.net, x, np.tile(y, copies), alpha)
     result: dict[str, Any] = {"probe_alpha": alpha, "probe_train_cv_mae": float(
         np.abs(oof - y).mean()), "probe_train_images": len(y), "probe_views": copies}
+    if cfg.ridge_crossfit:
+        oof, alphas = crossfit_ridge(x, y, patients, copies, folds, cfg.seed)
+        _write_oof(out / "probe_oof.csv", train, oof)
+        result.update(probe_crossfit_mae=float(np.abs(oof - y).mean()),
+                      probe_crossfit_alphas=alphas)
     xv, yv, _ = parts["val"]
     if len(yv):
         with torch.no_grad():
@@ -184,6 +239,16 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     logger.info("linear probe: alpha %.3g, train CV MAE %.2f, val MAE %s", alpha,
                 result["probe_train_cv_mae"], result.get("best_val_mae"))
     return path
+
+
+def _write_oof(path: Path, samples: list[Sample], pred: np.ndarray) -> None:
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["path", "patient_id", "age_years", "xray_age", "sex", "view"])
+        w.writerows([str(s.path), s.patient_id, s.age_years, float(p), s.sex, s.view]
+                    for s, p in zip(samples, pred, strict=True))
 
 
 def _images(cache: ImageCache, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
