@@ -11,7 +11,7 @@ import pytest
 
 from xrayage.datasets.splits import assign_folds
 
-from .conftest import synthetic_samples
+from .conftest import synthetic_samples, write_nih_subset
 from .shared import SHARED_DATA, needs_data
 
 
@@ -74,3 +74,23 @@ def test_crossfit_end_to_end(tmp_path: Path) -> None:
     assert main(["analyze", str(path), "--expand-findings", "findings", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["provenance"]["status"] == "out-of-fold"
+
+
+@pytest.mark.slow
+@pytest.mark.train
+@needs_data
+def test_crossfit_cli_ridge_head_with_views(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    from xrayage.cli.main import main
+
+    manifest = write_nih_subset(tmp_path, 30)
+    run = tmp_path / "run"
+    assert main(["crossfit", "--data", f"manifest:{manifest}", "--out", str(run), "-k", "2",
+                 "--backbone", "resnet18", "--image-size", "64", "--head", "ridge",
+                 "--ridge-views", "1", "--num-workers", "0", "--threads", "1",
+                 "--no-progress"]) == 0
+    for i in (0, 1):
+        info = json.loads((run / f"fold{i}" / "run.json").read_text())
+        assert info["head"] == "ridge" and info["probe_views"] == 2
+    with open(run / "oof_predictions.csv", encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == 30

@@ -29,6 +29,8 @@ import click
 @click.option("--taps", default=None, help="As for `xrayage train`.")
 @click.option("--grid", default=1, show_default=True, type=click.IntRange(1, 16),
               help="As for `xrayage train`.")
+@click.option("--ridge-views", default=0, show_default=True, type=click.IntRange(0, 16),
+              help="As for `xrayage train`.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--adults-only", is_flag=True)
 @click.option("--cache-dir", default=None, help="Shared preprocessed cache (default OUT/cache).")
@@ -39,8 +41,9 @@ import click
 def crossfit(data: tuple[str, ...], out: Path, k: int, backbone: str, image_size: int,
              epochs: int, max_steps: int, batch_size: int, lr: float, loss: str,
              init_weights: str | None, head: str, feature_levels: str | None,
-             taps: str | None, grid: int, seed: int, adults_only: bool, cache_dir: str | None,
-             num_workers: int, threads: int | None, no_progress: bool) -> None:
+             taps: str | None, grid: int, ridge_views: int, seed: int, adults_only: bool,
+             cache_dir: str | None, num_workers: int, threads: int | None,
+             no_progress: bool) -> None:
     """Train k models on patient-disjoint folds; predict each image with the model that never
     saw it. The output feeds `xrayage analyze`, which then trusts it as out-of-fold."""
     from ..cohort.crossfit import crossfit as run_crossfit
@@ -54,7 +57,7 @@ def crossfit(data: tuple[str, ...], out: Path, k: int, backbone: str, image_size
                       epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                       loss=loss, init_weights=init_weights, head=head,
                       feature_levels=_levels(feature_levels), taps=_taps(taps), grid=grid,
-                      seed=seed, adults_only=adults_only,
+                      ridge_views=ridge_views, seed=seed, adults_only=adults_only,
                       cache_dir=cache_dir, num_workers=num_workers, progress=not no_progress)
     path = run_crossfit(cfg, k=k, threads=threads)
     click.echo(f"xrayage: out-of-fold predictions {path}", err=True)
