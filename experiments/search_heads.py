@@ -190,6 +190,8 @@ def main() -> None:
     p.add_argument("--stretch", action="store_true",
                    help="map predictions by a line fitted to the inner out-of-fold ones")
     p.add_argument("--l1", action="store_true", help="absolute-error loss (IRLS)")
+    p.add_argument("--interact", choices=["sex", "view"],
+                   help="shared + per-sex (or per-view) weights: the label as a known input")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="share of each outer training set's patients kept")
     a = p.parse_args()
@@ -210,6 +212,9 @@ def main() -> None:
         k = grams(x, np.ones(len(x[0]), bool), equal=a.equal)
         if a.rbf:
             k = rbf(k, a.rbf)
+        if a.interact:
+            label = np.concatenate([g[f"train_{a.interact}"] for g in [f, *a.aug]])
+            k = k * (1 + (label[:, None] == label[None]))
         if a.easyda and other is not None:
             nih = np.arange(len(k)) < len(k) - len(other["ext_age"])
             k = k * (1 + (nih[:, None] == nih[None]))
