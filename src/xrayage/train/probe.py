@@ -13,6 +13,7 @@ folded into the head's weights.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Sequence
@@ -242,8 +243,6 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
 
 
 def _write_oof(path: Path, samples: list[Sample], pred: np.ndarray) -> None:
-    import csv
-
     with open(path, "w", newline="") as handle:
         w = csv.writer(handle)
         w.writerow(["path", "patient_id", "age_years", "xray_age", "sex", "view"])
