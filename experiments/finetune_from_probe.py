@@ -59,12 +59,11 @@ def main() -> None:
                       init_weights=str(a.work / "legacy_xception_imagenet.safetensors"),
                       adults_only=True, seed=0, num_workers=0, progress=False, resume="split",
                       cache_dir=str(a.work / "run" / "cache"))
+    datasets, split, cache, _ = prepare(cfg)  # before the probe, which then adds to run.json
     checkpoint = fit_linear_probe(cfg)
     probe = json.loads((run / "run.json").read_text())
     print(f"probe: train {probe['probe_train_images']} images, validation "
           f"{probe['val_images']} images, MAE {probe['best_val_mae']:.3f}", flush=True)
-
-    datasets, split, cache, _ = prepare(cfg)
     samples = [s for d in datasets for s in d.samples]
     dm = AgeDataModule(CachedImages(cache, split.assign(samples, "train")),
                        CachedImages(cache, split.assign(samples, "val")),

@@ -98,13 +98,13 @@ def irls(k_tr: np.ndarray, k_te: np.ndarray, y: np.ndarray, ratios: np.ndarray,
     iteratively reweighted least squares started from the ridge solution."""
     kc, kt = centre(k_tr, k_te)
     scale = np.trace(kc) / len(kc)
+    n = len(y)
     out = []
     for r in ratios:
         pred_tr = dual_ridge(k_tr, k_tr, y, np.array([r]))[0]
         for _ in range(steps):
             w = 1 / np.maximum(np.abs(y - pred_tr), delta)
-            # weighted kernel ridge with an intercept: [K + lam W^-1, 1; 1^T w, sum w]
-            n = len(y)
+            # weighted kernel ridge, intercept unpenalised: [K + lam W^-1, 1; 1^T, 0]
             a = np.zeros((n + 1, n + 1))
             a[:n, :n] = kc + r * scale * np.diag(1 / w)
             a[:n, n] = 1

@@ -63,18 +63,16 @@ def imagenet_weights(work: Path) -> Path:
 
 
 def _validation(rows: list[dict], median: float) -> dict:
-    """Metrics (95% patient-bootstrap intervals; by sex, view, age band) of prediction rows."""
-    from xrayage.metrics import age_band, age_metrics, bootstrap_ci, grouped_metrics
+    """Metrics of prediction rows, by sex, view and age band, with 95% patient-bootstrap
+    intervals."""
+    from xrayage.evaluate import score
+    from xrayage.metrics import bootstrap_ci
 
-    age = np.array([float(r["age_years"]) for r in rows])
-    pred = np.array([float(r["xray_age"]) for r in rows])
+    out, groups = score(rows, median)
     patients = [str(r["patient_id"]) for r in rows]
-    out = age_metrics(age, pred, median)
-    out.update(ci95=bootstrap_ci(age, pred, patients, seed=SEED), patients=len(set(patients)),
-               groups=grouped_metrics(age, pred, {
-                   "sex": [r["sex"] for r in rows], "view": [r["view"] for r in rows],
-                   "age_band": [age_band(a) for a in age]}, median))
-    return out
+    ci = bootstrap_ci([float(r["age_years"]) for r in rows],
+                      [float(r["xray_age"]) for r in rows], patients, seed=SEED)
+    return {**out, "ci95": ci, "patients": len(set(patients)), "groups": groups}
 
 
 def main() -> None:

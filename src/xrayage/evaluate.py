@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,15 +155,24 @@ def evaluate(
     if problems:
         logger.warning("%d of %d images not scored (failed or rejected)", len(problems),
                        len(samples))
-    ages = np.asarray([s.age_years for s in kept], dtype=np.float64)
     xray = np.concatenate(preds) if preds else np.zeros(0)
-    groups = grouped_metrics(ages, xray, {
-        "sex": [s.sex for s in kept], "view": [s.view for s in kept],
-        "age_band": [age_band(a) for a in ages]}, median)
     predictions = [{"path": str(s.path), "patient_id": s.patient_id, "age_years": s.age_years,
                     "xray_age": float(p), "sex": s.sex, "view": s.view}
                    for s, p in zip(kept, xray, strict=True)]
-    return Evaluation(age_metrics(ages, xray, median), groups, predictions, problems, notes)
+    return Evaluation(*score(predictions, median), predictions, problems, notes)
+
+
+def score(predictions: Sequence[dict[str, Any]], train_median: float | None = None
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`~xrayage.metrics.age_metrics` of prediction rows (``age_years, xray_age, sex,
+    view``, as in :attr:`Evaluation.predictions` or a ``probe_oof.csv``), and the same by
+    sex, view and age band."""
+    ages = np.asarray([float(r["age_years"]) for r in predictions], dtype=np.float64)
+    xray = np.asarray([float(r["xray_age"]) for r in predictions], dtype=np.float64)
+    groups = grouped_metrics(ages, xray, {
+        "sex": [r["sex"] for r in predictions], "view": [r["view"] for r in predictions],
+        "age_band": [age_band(a) for a in ages]}, train_median)
+    return age_metrics(ages, xray, train_median), groups
 
 
 def plot(result: Evaluation, directory: str | os.PathLike[str]) -> list[Path]:
