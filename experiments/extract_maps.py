@@ -39,6 +39,18 @@ def pooled(feats: list[torch.Tensor], grids: list[int]) -> dict[str, np.ndarray]
     return {k: torch.cat(v, 1).numpy().astype(np.float16) for k, v in out.items()}
 
 
+def equalized(images: np.ndarray, how: str) -> np.ndarray:
+    """Histogram-equalise uint8 (N, S, S) images: global (``hist``) or CLAHE (``clahe``)."""
+    if how == "hist":
+        from PIL import Image, ImageOps
+
+        return np.stack([np.asarray(ImageOps.equalize(Image.fromarray(im))) for im in images])
+    from skimage.exposure import equalize_adapthist  # experiments only
+
+    return np.stack([np.round(equalize_adapthist(im, clip_limit=0.01) * 255).astype(np.uint8)
+                     for im in images])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
@@ -49,6 +61,8 @@ def main() -> None:
     p.add_argument("--augment", type=int, metavar="SEED",
                    help="one random training augmentation per image (xrayage.train.augment)")
     p.add_argument("--grids", type=lambda v: [int(g) for g in v.split(",")], default=[1, 2, 3])
+    p.add_argument("--equalize", choices=["hist", "clahe"],
+                   help="histogram-equalise each image before the network")
     p.add_argument("--block12", action="store_true", help="also pool the exit-flow block 12")
     p.add_argument("--source", default="nih_cxr14",
                    help="manifest source; other than NIH, every adult image is role 'ext'")
@@ -72,6 +86,8 @@ def main() -> None:
     external = a.source != "nih_cxr14"
     for role in ("ext",) if external else ("train", "val"):
         found, images = _images(cache, samples if external else split.assign(samples, role))
+        if a.equalize:
+            images = equalized(images, a.equalize)
         parts: list[dict[str, np.ndarray]] = []
         t0 = time.time()
         generator = torch.Generator().manual_seed(a.augment or 0)

@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs the 'train' extra")
 
 from xrayage.cli.main import main  # noqa: E402
+from xrayage.cohort.table import read_predictions  # noqa: E402
 from xrayage.train.model import AgeNet  # noqa: E402
 from xrayage.train.probe import _solve, choose_alpha, crossfit_ridge, set_head  # noqa: E402
 
@@ -116,6 +117,12 @@ def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixtur
     with open(run / "probe_oof.csv", newline="") as handle:
         oof = list(csv.DictReader(handle))
     assert len(oof) == info["train_images"] and all(float(r["xray_age"]) > 0 for r in oof)
+    assert {r["fold"] for r in oof} == {"0", "1", "2", "3", "4"}
+    folds_of = {}
+    for r in oof:  # patient-disjoint folds
+        assert folds_of.setdefault(r["patient_id"], r["fold"]) == r["fold"]
+    _, provenance = read_predictions(run / "probe_oof.csv")
+    assert provenance.status == "out-of-fold" and provenance.details["views"] == 1
     assert info["probe_crossfit_mae"] == pytest.approx(
         np.mean([abs(float(r["xray_age"]) - float(r["age_years"])) for r in oof]))
     model_dir = tmp_path / "model"

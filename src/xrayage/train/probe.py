@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cohort.table import SIDECAR_SUFFIX
 from ..datasets import Sample
 from .cache import ImageCache
 from .fit import TrainConfig, prepare
@@ -173,8 +174,9 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
 
     With ``cfg.ridge_crossfit``, also score the recipe on the training images by
     :func:`crossfit_ridge` and write the out-of-fold predictions to
-    ``probe_oof.csv`` (``path, patient_id, age_years, xray_age, sex, view``): the
-    validation of a model trained on every image.
+    ``probe_oof.csv`` (``path, patient_id, age_years, xray_age, sex, view, fold``, with a
+    ``probe_oof.csv.provenance.json`` sidecar that marks it out-of-fold for
+    ``xrayage analyze``): the validation of a model trained on every image.
 
     Returns
     -------
@@ -219,7 +221,8 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
         np.abs(oof - y).mean()), "probe_train_images": len(y), "probe_views": copies}
     if cfg.ridge_crossfit:
         oof, alphas = crossfit_ridge(x, y, patients, copies, folds, cfg.seed)
-        _write_oof(out / "probe_oof.csv", train, oof)
+        _write_oof(out / "probe_oof.csv", train, oof, fold,
+                   {"k": folds, "seed": cfg.seed, "alphas": alphas, "views": copies - 1})
         result.update(probe_crossfit_mae=float(np.abs(oof - y).mean()),
                       probe_crossfit_alphas=alphas)
     xv, yv, _ = parts["val"]
@@ -242,12 +245,16 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     return path
 
 
-def _write_oof(path: Path, samples: list[Sample], pred: np.ndarray) -> None:
+def _write_oof(path: Path, samples: list[Sample], pred: np.ndarray, fold: np.ndarray,
+               details: dict[str, Any]) -> None:
     with open(path, "w", newline="") as handle:
         w = csv.writer(handle)
-        w.writerow(["path", "patient_id", "age_years", "xray_age", "sex", "view"])
-        w.writerows([str(s.path), s.patient_id, s.age_years, float(p), s.sex, s.view]
-                    for s, p in zip(samples, pred, strict=True))
+        w.writerow(["path", "patient_id", "age_years", "xray_age", "sex", "view", "fold"])
+        w.writerows([str(s.path), s.patient_id, s.age_years, float(p), s.sex, s.view, int(k)]
+                    for s, p, k in zip(samples, pred, fold, strict=True))
+    sidecar = {"out_of_fold": True, "patient_disjoint": True, "nested": True,
+               "method": "xrayage.train.probe.crossfit_ridge", **details}
+    Path(str(path) + SIDECAR_SUFFIX).write_text(json.dumps(sidecar, indent=1) + "\n")
 
 
 def _images(cache: ImageCache, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
