@@ -63,27 +63,35 @@ def main() -> None:
     p.add_argument("--grids", type=lambda v: [int(g) for g in v.split(",")], default=[1, 2, 3])
     p.add_argument("--equalize", choices=["hist", "clahe"],
                    help="histogram-equalise each image before the network")
+    p.add_argument("--inner", action="store_true",
+                   help="also pool the maps inside middle-flow blocks 4-11 (after their first "
+                        "and second separable convolutions; maps are numbered in forward "
+                        "order, so these interleave with the block outputs)")
     p.add_argument("--block12", action="store_true", help="also pool the exit-flow block 12")
     p.add_argument("--source", default="nih_cxr14",
                    help="manifest source; other than NIH, every adult image is role 'ext'")
+    p.add_argument("--children", action="store_true",
+                   help="the source's images under 18 y instead, as role 'ext'")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     torch.set_num_threads(2)
+    external = a.source != "nih_cxr14" or a.children
     data = f"manifest:{a.shared.resolve() / 'manifest.csv'}?source={a.source}"
     cfg = TrainConfig(data=[data], out=str(a.run), backbone="legacy_xception",
                       image_size=a.size, feature_levels=[1, 2, 3], taps=TAPS,
                       init_weights=str(a.work / "legacy_xception_imagenet.safetensors"),
-                      adults_only=True, val_fraction=0.2, seed=0, num_workers=0,
-                      progress=False, resume=None if a.source != "nih_cxr14" else "split",
+                      adults_only=not a.children, val_fraction=0.2, seed=0, num_workers=0,
+                      progress=False, resume=None if external else "split",
                       cache_dir=str(a.work / "run" / "cache"))
     datasets, split, cache, _ = prepare(cfg)
-    samples = [s for d in datasets for s in d.samples]
+    samples = [s for d in datasets for s in d.samples if not a.children or s.age_years < 18]
     levels = [1, 2, 3, 4] if a.block12 else [1, 2, 3]
     taps = [*TAPS, "block12"] if a.block12 else TAPS
+    if a.inner:  # the in-place ReLU that follows makes these ReLU(BN(conv)) maps
+        taps = [*taps, *(f"block{b}.rep.{i}" for b in range(4, 12) for i in (2, 5))]
     net = AgeNet("legacy_xception", 1, levels, init_weights=cfg.init_weights, taps=taps).eval()
     spec = cfg.spec()
     arrays: dict[str, np.ndarray] = {}
-    external = a.source != "nih_cxr14"
     for role in ("ext",) if external else ("train", "val"):
         found, images = _images(cache, samples if external else split.assign(samples, role))
         if a.equalize:

@@ -68,6 +68,17 @@ def test_merge_on_path_name_or_stem(key: str) -> None:
     assert merged.loc[0, "image"] == key
 
 
+def test_merge_relative_clinical_paths_onto_absolute_predictions() -> None:
+    # an image list written with absolute paths, a clinical table with the dataset's own
+    # relative paths; the same file name in two folders must not be confused
+    pred = pd.DataFrame({"path": ["/data/nih/images/x1.png", "/data/other/images/x1.png",
+                                  "/data/nih/images/x2.png"], "xray_age": [50.0, 60.0, 70.0]})
+    clin = pd.DataFrame({"path": ["nih/images/x1.png", "nih/images/x2.png"], "htn": [1, 0]})
+    merged, counts = merge_clinical(pred, clin, "path")
+    assert counts["n_matched"] == 2
+    assert merged.set_index("xray_age")["htn"].to_dict() == {50.0: 1, 70.0: 0}
+
+
 def test_merge_errors() -> None:
     pred = pd.DataFrame({"path": ["x1.png"], "xray_age": [50.0]})
     with pytest.raises(CohortDataError, match="no column 'id'"):

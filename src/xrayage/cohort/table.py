@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from ._deps import CohortDataError, require
@@ -126,8 +126,11 @@ def read_predictions(
 def merge_clinical(predictions: Any, clinical: Any, on: str) -> tuple[Any, dict[str, int]]:
     """Join a clinical table to the predictions, one row per prediction.
 
-    If `on` is not a predictions column, the clinical key is matched against the
-    prediction's ``path``, then its file name, then its file name without extension.
+    The clinical key `on` is matched against the predictions' column of that name if it
+    has one, else against their ``path``: whole, by its longest trailing part that is a
+    clinical key (so ``images/x.png`` matches ``/data/images/x.png``; the file name is the
+    shortest such part), or by the file name without extension. The variant that matches
+    most rows wins.
 
     Returns
     -------
@@ -149,18 +152,16 @@ def merge_clinical(predictions: Any, clinical: Any, on: str) -> tuple[Any, dict[
         raise CohortDataError(f"clinical table: key {dup!r} appears more than once in {on!r}; "
                               "keep one row per image")
     pred = predictions.copy()
-    if on in pred.columns:
-        pred["_key"] = pred[on].astype(str)
-    else:
-        if "path" not in pred.columns:
-            raise CohortDataError(f"predictions have neither {on!r} nor 'path' to join on")
-        keys = set(clinical[on])
-        paths = pred["path"].astype(str)
-        best = max(
-            (paths, paths.map(lambda p: Path(p).name), paths.map(lambda p: Path(p).stem)),
-            key=lambda k: int(k.isin(keys).sum()),
-        )
-        pred["_key"] = best
+    column = on if on in pred.columns else "path"
+    if column not in pred.columns:
+        raise CohortDataError(f"predictions have neither {on!r} nor 'path' to join on")
+    keys = set(clinical[on])
+    values = pred[column].astype(str)
+    pred["_key"] = max(
+        (values, values.map(lambda v: _trailing_key(v, keys)),
+         values.map(lambda v: PurePath(v).stem)),
+        key=lambda k: int(k.isin(keys).sum()),
+    )
     clinical = clinical.rename(columns={on: "_key"})
     overlap = [c for c in clinical.columns if c in pred.columns and c != "_key"]
     merged = pred.merge(clinical.drop(columns=overlap), on="_key", how="inner")
@@ -168,8 +169,15 @@ def merge_clinical(predictions: Any, clinical: Any, on: str) -> tuple[Any, dict[
     counts = {"n_predictions": len(pred), "n_clinical": len(clinical), "n_matched": len(merged)}
     if len(merged) == 0:
         raise CohortDataError(f"no prediction matched the clinical table on {on!r} "
-                              "(tried the column, the path, the file name and its stem)")
+                              "(tried the value, its trailing path parts and its stem)")
     return merged.drop(columns=["_key"], errors="ignore"), counts
+
+
+def _trailing_key(path: str, keys: set[str]) -> str | None:
+    """The longest trailing part of `path` (``a/b/c``, ``b/c``, ``c``) that is in `keys`."""
+    parts = PurePath(path).parts
+    return next((k for i in range(len(parts))
+                 if (k := PurePath(*parts[i:]).as_posix()) in keys), None)
 
 
 def expand_findings(df: Any, column: str, sep: str = "|",
