@@ -123,6 +123,10 @@ def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert folds_of.setdefault(r["patient_id"], r["fold"]) == r["fold"]
     _, provenance = read_predictions(run / "probe_oof.csv")
     assert provenance.status == "out-of-fold" and provenance.details["views"] == 1
+    # the corrected gap is uncorrelated with age, as the pooled bias correction makes it
+    corrected = np.array([float(r["age_gap_corrected"]) for r in oof])
+    ages = np.array([float(r["age_years"]) for r in oof])
+    assert abs(np.corrcoef(corrected, ages)[0, 1]) < 0.05
     assert info["probe_crossfit_mae"] == pytest.approx(
         np.mean([abs(float(r["xray_age"]) - float(r["age_years"])) for r in oof]))
     model_dir = tmp_path / "model"

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..calibration import fit_bias_correction
 from ..cohort.table import SIDECAR_SUFFIX
 from ..datasets import Sample
 from .cache import ImageCache
@@ -174,9 +175,10 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
 
     With ``cfg.ridge_crossfit``, also score the recipe on the training images by
     :func:`crossfit_ridge` and write the out-of-fold predictions to
-    ``probe_oof.csv`` (``path, patient_id, age_years, xray_age, sex, view, fold``, with a
-    ``probe_oof.csv.provenance.json`` sidecar that marks it out-of-fold for
-    ``xrayage analyze``): the validation of a model trained on every image.
+    ``probe_oof.csv`` (``path, patient_id, age_years, xray_age, age_gap,
+    age_gap_corrected, sex, view, fold``, with a ``probe_oof.csv.provenance.json`` sidecar
+    that marks it out-of-fold for ``xrayage analyze``): the validation of a model trained on
+    every image.
 
     Returns
     -------
@@ -247,13 +249,23 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
 
 def _write_oof(path: Path, samples: list[Sample], pred: np.ndarray, fold: np.ndarray,
                details: dict[str, Any]) -> None:
+    """Write out-of-fold rows with their raw and corrected gaps, ready for ``analyze``.
+
+    The bias correction is fitted on the pooled out-of-fold predictions, as ``xrayage
+    crossfit`` does, and recorded in the provenance sidecar."""
+    age = np.array([s.age_years for s in samples], float)
+    bc = fit_bias_correction(pred, age)
     with open(path, "w", newline="") as handle:
         w = csv.writer(handle)
-        w.writerow(["path", "patient_id", "age_years", "xray_age", "sex", "view", "fold"])
-        w.writerows([str(s.path), s.patient_id, s.age_years, float(p), s.sex, s.view, int(k)]
-                    for s, p, k in zip(samples, pred, fold, strict=True))
+        w.writerow(["path", "patient_id", "age_years", "xray_age", "age_gap",
+                    "age_gap_corrected", "sex", "view", "fold"])
+        w.writerows([str(s.path), s.patient_id, a, float(p), round(float(p - a), 2),
+                     round(bc.corrected_gap(float(p), a), 2), s.sex, s.view, int(k)]
+                    for s, a, p, k in zip(samples, age, pred, fold, strict=True))
     sidecar = {"out_of_fold": True, "patient_disjoint": True, "nested": True,
-               "method": "xrayage.train.probe.crossfit_ridge", **details}
+               "method": "xrayage.train.probe.crossfit_ridge", **details,
+               "bias_correction": {"slope": bc.slope, "intercept": bc.intercept, "n": bc.n,
+                                   "fitted_on": "pooled out-of-fold predictions"}}
     Path(str(path) + SIDECAR_SUFFIX).write_text(json.dumps(sidecar, indent=1) + "\n")
 
 
