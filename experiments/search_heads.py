@@ -196,6 +196,10 @@ def main() -> None:
                    help="share of each outer training set's patients kept")
     a = p.parse_args()
     f, other = a.features, a.domain
+    if other is not None:  # a patient in both would leak across the outer folds
+        keep = ~np.isin(other["ext_patient"], f["train_patient"])
+        other = {k: other[k][keep] for k in other.files if k.startswith("ext_")}
+        print(f"--domain: {keep.sum()} rows ({(~keep).sum()} dropped: patients in both)")
     y, patients = f["train_age"], f["train_patient"]
     for g in a.aug:
         assert (g["train_path"] == f["train_path"]).all()
