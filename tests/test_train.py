@@ -38,6 +38,15 @@ def test_cam_is_exact(backbone: str, levels: tuple[int, ...] | None, size: int) 
     torch.testing.assert_close(cam.mean((1, 2)) + net.age_bias(), age, atol=1e-3, rtol=1e-5)
 
 
+def test_taps_come_in_the_order_given() -> None:
+    # hooks fire in forward order; the maps (and channels) must follow `taps` instead
+    net = AgeNet("resnet18", 1, (3,), taps=["layer2", "layer1"]).eval()
+    with torch.no_grad():
+        feats = net.features(torch.randn(1, 1, 64, 64))
+    assert net.channels == [256, 128, 64]
+    assert [f.shape[1] for f in feats] == [256, 128, 64] and feats[1].shape[-1] == 8
+
+
 @pytest.mark.parametrize("grid", [2, 3])
 def test_grid_pooling_keeps_the_cam_exact_and_the_cells_apart(grid: int) -> None:
     torch.manual_seed(0)

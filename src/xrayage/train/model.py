@@ -27,6 +27,7 @@ are neither trained nor exported.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -123,16 +124,16 @@ class AgeNet(nn.Module):
                          else _create(backbone, in_chans, levels, init_weights))
         del probe
         self.taps = list(taps or ())
-        self._tapped: list[torch.Tensor] = []
+        self._tapped: dict[int, torch.Tensor] = {}
         modules = dict(self.backbone.named_modules())
-        for name in self.taps:
+        for index, name in enumerate(self.taps):
             # timm wraps backbones ("body.block3") and may flatten dots ("layer1_0")
             found = sorted((n for n in modules if n.replace("_", ".") == name.replace("_", ".")
                             or n.endswith("." + name)), key=len)
             if not found:
                 raise ValueError(f"tap {name!r} is not a module of the truncated {backbone} "
                                  f"backbone (levels {levels})")
-            modules[found[0]].register_forward_hook(self._keep)
+            modules[found[0]].register_forward_hook(functools.partial(self._keep, index))
         channels = list(self.backbone.feature_info.channels()) + self._tap_channels(in_chans)
         self.channels = channels
         width = sum(channels) * self.grid**2
@@ -149,8 +150,8 @@ class AgeNet(nn.Module):
         if image_size is not None:
             self.cam_size(image_size)
 
-    def _keep(self, module: nn.Module, args: object, output: torch.Tensor) -> None:
-        self._tapped.append(output)
+    def _keep(self, index: int, module: nn.Module, args: object, output: torch.Tensor) -> None:
+        self._tapped[index] = output
 
     @torch.no_grad()
     def _tap_channels(self, in_chans: int) -> list[int]:
@@ -163,11 +164,12 @@ class AgeNet(nn.Module):
         return [f.shape[1] for f in feats[len(feats) - len(self.taps):]]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The selected feature maps, then the tapped ones, each (N, C_l, h_l, w_l)."""
-        self._tapped = []
+        """The selected feature maps, then the tapped ones in the order of ``taps``, each
+        (N, C_l, h_l, w_l)."""
+        self._tapped = {}
         levels = list(self.backbone(x))
-        tapped, self._tapped = self._tapped, []
-        return levels + tapped
+        tapped, self._tapped = self._tapped, {}
+        return levels + [tapped[i] for i in range(len(self.taps))]
 
     def pool(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """The head's input: each map's ``grid x grid`` cell means, (N, Σ_l C_l grid²)."""
