@@ -45,6 +45,17 @@ def test_png_16bit() -> None:
     np.testing.assert_allclose(rg.pixels[0], arr[0] / 65535.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_png_16bit_container_with_fewer_bits(bits: int) -> None:
+    # detector data (e.g. 12-bit) saved in a 16-bit PNG must not read as a dark image
+    top = 2**bits - 1
+    arr = np.tile(np.linspace(0, top, 400).astype(np.uint16), (300, 1))
+    rg = read_radiograph(encode(Image.fromarray(arr)))
+    assert rg.bits_stored == bits
+    np.testing.assert_allclose(rg.pixels[0], arr[0] / top, atol=1e-6)
+    assert rg.pixels.max() == 1.0
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P"])
 def test_colour_modes_give_gray(mode: str) -> None:
     gray = Image.fromarray(gradient())

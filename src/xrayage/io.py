@@ -43,7 +43,8 @@ def read_radiograph(
     ----------
     source : path, bytes or binary file object
         A DICOM Part 10 file (any transfer syntax pydicom and pylibjpeg decode),
-        or a PNG/JPEG (8 or 16 bit, gray, RGB or RGBA; EXIF orientation applied).
+        or a PNG/JPEG (8 or 16 bit, gray, RGB or RGBA; EXIF orientation applied). A 16-bit
+        PNG is scaled by its effective bit depth (10-, 12- or 14-bit data read as such).
     max_pixels : int
         Refuse, before decoding, an image with more pixels than this.
     max_bytes : int
@@ -188,9 +189,12 @@ def _raster_pixels(image: Image.Image) -> tuple[np.ndarray, int, int, float]:
     """
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Scale by the effective bit depth, the fewest bits (at least 8) that hold the
+        # maximum: 12-bit detector data in a 16-bit PNG reads as 12-bit, not as a nearly
+        # black 16-bit image.
         arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
-        return np.clip(arr / top, 0, 1).astype(np.float32), 16, 1, 0.0
+        bits = max(8, int(np.ceil(np.log2(max(float(arr.max(initial=0)), 0.0) + 1.0))))
+        return np.clip(arr / (2.0**bits - 1), 0, 1).astype(np.float32), bits, 1, 0.0
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
         lo, hi = np.nanmin(arr), np.nanmax(arr)
