@@ -193,7 +193,7 @@ def _raster_pixels(image: Image.Image) -> tuple[np.ndarray, int, int, float]:
         # maximum: 12-bit detector data in a 16-bit PNG reads as 12-bit, not as a nearly
         # black 16-bit image.
         arr = np.asarray(image, dtype=np.float64)
-        bits = max(8, int(np.ceil(np.log2(max(float(arr.max(initial=0)), 0.0) + 1.0))))
+        bits = max(8, int(np.ceil(np.log2(float(arr.max(initial=0)) + 1.0))))
         return np.clip(arr / (2.0**bits - 1), 0, 1).astype(np.float32), bits, 1, 0.0
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
