@@ -25,6 +25,7 @@ from xrayage.train.probe import _images
 
 REPO = Path(__file__).resolve().parents[1]
 TAPS = [f"block{i}" for i in range(3, 11)]
+STRONG = AugmentConfig(rotation_deg=10.0, scale=0.15, translate=0.08, contrast=0.3, gamma=0.4)
 
 
 def pooled(feats: list[torch.Tensor], grids: list[int]) -> dict[str, np.ndarray]:
@@ -60,6 +61,9 @@ def main() -> None:
     p.add_argument("--hflip", action="store_true")
     p.add_argument("--augment", type=int, metavar="SEED",
                    help="one random training augmentation per image (xrayage.train.augment)")
+    p.add_argument("--strong", action="store_true",
+                   help="with --augment: wider ranges (rotation 10 deg, zoom 15%%, shift 8%%, "
+                        "contrast 0.3, gamma 0.4)")
     p.add_argument("--grids", type=lambda v: [int(g) for g in v.split(",")], default=[1, 2, 3])
     p.add_argument("--equalize", choices=["hist", "clahe"],
                    help="histogram-equalise each image before the network")
@@ -103,7 +107,7 @@ def main() -> None:
             for i in range(0, len(images), 16):
                 x = to_float(torch.from_numpy(np.ascontiguousarray(images[i:i + 16])))
                 if a.augment is not None:
-                    x = augment(x, AugmentConfig(), generator)
+                    x = augment(x, STRONG if a.strong else AugmentConfig(), generator)
                 x = normalize(x, spec)
                 if a.hflip:
                     x = torch.flip(x, dims=(-1,))
