@@ -78,6 +78,8 @@ def main() -> None:
                    help="the source's images under 18 y instead, as role 'ext'")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
+    if a.strong and a.augment is None:
+        p.error("--strong sets the ranges of --augment; give --augment SEED too")
     torch.set_num_threads(2)
     external = a.source != "nih_cxr14" or a.children
     data = f"manifest:{a.shared.resolve() / 'manifest.csv'}?source={a.source}"
