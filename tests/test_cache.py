@@ -14,7 +14,7 @@ from xrayage.io import read_radiograph
 from xrayage.preprocess import to_square
 from xrayage.train.cache import ImageCache, build_cache, spec_key
 
-from .conftest import requires_shared_data, write_nih_subset
+from .conftest import write_nih_subset
 
 SPEC = PreprocessSpec(image_size=64)
 
@@ -30,7 +30,7 @@ def samples(tmp_path: Path) -> list[Sample]:
     return real + extra
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_build_content_and_problems(tmp_path: Path, samples: list[Sample]) -> None:
     cache = build_cache(samples, SPEC, tmp_path / "cache", workers=2, progress=False)
     assert cache.directory.name == spec_key(SPEC)
@@ -45,7 +45,7 @@ def test_build_content_and_problems(tmp_path: Path, samples: list[Sample]) -> No
     assert status["blank.png"]["status"] == "rejected" and "blank" in status["blank.png"]["reasons"]
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_resume_and_invalidation(tmp_path: Path, samples: list[Sample]) -> None:
     root = tmp_path / "cache"
     first = build_cache(samples[:3], SPEC, root, workers=0, progress=False)
@@ -66,7 +66,7 @@ def test_resume_and_invalidation(tmp_path: Path, samples: list[Sample]) -> None:
     assert other.directory != first.directory and other.image(0, 0).shape == (32, 32)
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_pickles_without_open_shards(tmp_path: Path, samples: list[Sample]) -> None:
     import pickle
 

@@ -12,10 +12,10 @@ from PIL import Image
 
 from xrayage.cli.main import main
 
-from .shared import NEMA, needs_data
+from .shared import NEMA
 
 
-@needs_data
+@pytest.mark.data
 def test_inspect_nema_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_png = tmp_path / "nema.png"
     assert main(["inspect", "--json", "--png", str(out_png), str(NEMA)]) == 0
@@ -28,7 +28,7 @@ def test_inspect_nema_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
         assert image.mode == "L" and image.size == (1841, 1955)
 
 
-@needs_data
+@pytest.mark.data
 def test_inspect_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(NEMA)]) == 0
     assert "qc_status" in capsys.readouterr().out

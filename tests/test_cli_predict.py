@@ -56,19 +56,19 @@ def test_mixed_inputs_to_csv(tiny: Path, inputs: Path, tmp_path: Path) -> None:
     assert code == 0
     rows = read_rows(out)
     assert list(rows[0]) == list(RECORD_FIELDS)
-    by_name = {Path(r["path"]).name + ("@m" if "manifest" in r["path"] or r["chronological_age"]
+    by_name = {Path(r["path"]).name + ("@m" if "manifest" in r["path"] or r["age_years"]
                                          in ("61.5", "12.0") else ""): r for r in rows}
     assert len(rows) == 8  # 6 folder files (txt skipped) + 2 manifest rows
     dicom = by_name["IM0001"]
     assert dicom["qc_status"] == "ok" and float(dicom["xray_age"]) > 0
-    assert dicom["chronological_age"] == "55.0" and dicom["age_gap_corrected"] != ""
+    assert dicom["age_years"] == "55.0" and dicom["age_gap_corrected"] != ""
     lateral = by_name["lateral.dcm"]
     assert lateral["qc_status"] == "reject" and lateral["qc_reasons"] == "lateral_view"
     assert lateral["xray_age"] == ""
     broken = by_name["broken.png"]
     assert broken["qc_status"] == "error" and "broken.png" in broken["error"]
-    manifest_rows = [r for r in rows if r["chronological_age"] in ("61.5", "12.0")]
-    by_age = {r["chronological_age"]: r for r in manifest_rows}
+    manifest_rows = [r for r in rows if r["age_years"] in ("61.5", "12.0")]
+    by_age = {r["age_years"]: r for r in manifest_rows}
     assert by_age["61.5"]["qc_status"] == "ok"  # the manifest's view and age fill the gaps
     assert by_age["12.0"]["qc_status"] == "reject"
 

@@ -12,7 +12,7 @@ import pytest
 from xrayage.datasets.splits import assign_folds
 
 from .conftest import synthetic_samples, write_nih_subset
-from .shared import SHARED_DATA, needs_data
+from .shared import SHARED_DATA
 
 
 def test_folds_are_patient_disjoint_balanced_and_seeded() -> None:
@@ -36,7 +36,6 @@ def test_bad_fold_counts(k: int, message: str) -> None:
 @pytest.mark.slow
 @pytest.mark.train
 @pytest.mark.data
-@needs_data
 def test_crossfit_end_to_end(tmp_path: Path) -> None:
     """Two folds of a tiny ResNet on 24 NIH images: each image predicted by the other model."""
     pytest.importorskip("lightning")
@@ -78,7 +77,7 @@ def test_crossfit_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.train
-@needs_data
+@pytest.mark.data
 def test_crossfit_cli_ridge_head_with_views(tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     from xrayage.cli.main import main

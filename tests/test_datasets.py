@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from xrayage.datasets import Sample, filter_samples, load_dataset, parse_spec
 from xrayage.datasets.nih import parse_age
 from xrayage.datasets.padchest import parse_labels, study_age
 
-from .conftest import MANIFEST, NIH_IMAGES, NIH_TABLE, requires_shared_data
+from .conftest import MANIFEST, NIH_IMAGES, NIH_TABLE, manifest_rows
 
 
 def _png(path: Path) -> Path:
@@ -30,18 +31,21 @@ def _csv(path: Path, rows: list[dict[str, object]], gz: bool = False) -> Path:
     return path
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_nih_joins_all_shared_images() -> None:
     ds = load_dataset(f"nih:{NIH_IMAGES}?csv={NIH_TABLE}")
-    assert len(ds.samples) == 892 == len(list(NIH_IMAGES.glob("*.png")))
+    rows = manifest_rows("nih_cxr14")  # counts from the data: it keeps growing
+    assert len(ds.samples) == len(rows) == len(list(NIH_IMAGES.glob("*.png")))
     first = next(s for s in ds.samples if s.path.name == "00000001_000.png")
     assert (first.age_years, first.sex, first.view, first.patient_id) == (57.0, "M", "PA", "nih:1")
     assert first.findings == ("Cardiomegaly",)
-    assert len({s.patient_id for s in ds.samples}) == 592
+    assert len({s.patient_id for s in ds.samples}) == len({r["patient_id"] for r in rows})
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert all(float(by_name[s.path.name]["age_years"]) == s.age_years for s in ds.samples)
     assert "Wang" in ds.licence
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_nih_official_lists(tmp_path: Path) -> None:
     # Official layout: images_001/images/*.png beside the table and the two lists.
     names = sorted(p.name for p in NIH_IMAGES.glob("*.png"))[:6]
@@ -63,7 +67,7 @@ def test_nih_age_formats() -> None:
     assert parse_age("006M") == pytest.approx(0.5) and parse_age("") is None
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_chexpert_parses_real_table() -> None:
     table = MANIFEST.parent / "metadata" / "chexpert_train.csv.gz"
     ds = load_dataset(f"chexpert:{table}?check=0")
@@ -127,15 +131,32 @@ def test_mimic_synthetic(tmp_path: Path) -> None:
     assert samples[0].patient_id == "mimic:10000032"
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_manifest_source_filter() -> None:
     nih = load_dataset(f"manifest:{MANIFEST}?source=nih_cxr14")
-    assert len(nih.samples) == 892 and {s.source for s in nih.samples} == {"nih_cxr14"}
+    n_nih, n_figure1 = len(manifest_rows("nih_cxr14")), len(manifest_rows("covid_figure1"))
+    assert len(nih.samples) == n_nih and {s.source for s in nih.samples} == {"nih_cxr14"}
     assert all(s.path.is_file() for s in nih.samples[:20])
+    assert nih.licence.count("NIH Clinical Center ChestX-ray14") == 1  # a licence once
     both = load_dataset(f"manifest:{MANIFEST}?source=nih_cxr14,covid_figure1").samples
-    assert len(both) == 912
+    assert len(both) == n_nih + n_figure1 > n_nih
     with pytest.raises(ValueError, match="no rows"):
         load_dataset(f"manifest:{MANIFEST}?source=nope")
+
+
+def test_card_summary_names_the_data_without_local_paths(tmp_path: Path) -> None:
+    rows = [{"path": f"{name}.png", "age_years": age, "source": "nih_cxr14",
+             "patient_id": f"nih:{name}", "licence": f"NIH, public; repo {repo}"}
+            for name, age, repo in [("a", 40, "MIT"), ("b", 50, "MIT"), ("c", 60, "none")]]
+    for r in rows:
+        _png(tmp_path / "data" / str(r["path"]))
+    table = _csv(tmp_path / "data" / "manifest.csv", rows)
+    summary = load_dataset(f"manifest:{table}?source=nih_cxr14").describe()
+    assert summary["name"] == "nih_cxr14"
+    assert summary["spec"] == "manifest:manifest.csv?source=nih_cxr14"
+    assert str(tmp_path) not in json.dumps(summary)
+    assert summary["licence"] == "NIH, public; repo MIT; repo none"
+    assert (summary["images"], summary["patients"], summary["age_max"]) == (3, 3, 60)
 
 
 def test_spec_errors(tmp_path: Path) -> None:

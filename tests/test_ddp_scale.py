@@ -26,9 +26,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs the [train] extra")
 pytest.importorskip("lightning")
 
-from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
+from .conftest import write_nih_subset  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.train, requires_shared_data,
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.data,
               pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[1]

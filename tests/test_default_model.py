@@ -11,7 +11,7 @@ from xrayage.evaluate import evaluate
 from xrayage.model import DEFAULT_MODEL, resolve_model_dir
 
 from .conftest import MANIFEST
-from .shared import NEMA, needs_data
+from .shared import NEMA
 
 pytestmark = pytest.mark.skipif(DEFAULT_MODEL not in bundled_models(),
                                 reason="no bundled model in this checkout")
@@ -31,7 +31,7 @@ def test_shipped_files_are_small_and_card_is_complete() -> None:
     assert low < validation["mae"] < high
 
 
-@needs_data
+@pytest.mark.data
 def test_real_dicom_gets_a_plausible_age() -> None:
     est = XRayAge.load().predict(str(NEMA), heatmap=True)
     assert est.qc_status == "ok" and 30 < est.xray_age < 95
@@ -41,7 +41,7 @@ def test_real_dicom_gets_a_plausible_age() -> None:
     assert float(est.heatmap.mean()) + bias == pytest.approx(est.xray_age, abs=0.05)
 
 
-@needs_data
+@pytest.mark.data
 @pytest.mark.slow
 def test_beats_no_skill_on_another_source() -> None:
     model = XRayAge.load(threads=2)

@@ -25,7 +25,7 @@ from xrayage.io import read_radiograph
 from xrayage.quality import check_quality
 
 from .dicom_factory import chest_phantom, make_dataset, to_bytes
-from .shared import NEMA, SIIM, SIIM_MONO1, needs_data
+from .shared import NEMA, SIIM, SIIM_MONO1
 
 
 def lung_vs_mediastinum(pixels: np.ndarray) -> tuple[float, float]:
@@ -37,7 +37,7 @@ def lung_vs_mediastinum(pixels: np.ndarray) -> tuple[float, float]:
     return float(lung), float(centre)
 
 
-@needs_data
+@pytest.mark.data
 class TestRealFixtures:
     def test_nema_jpeg2000_monochrome1(self) -> None:
         rg = read_radiograph(NEMA)

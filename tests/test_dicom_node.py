@@ -26,7 +26,7 @@ from xrayage.serve.node import Destination, XRayAgeNode, instance_tag
 from .dicom_factory import to_bytes
 from .onnx_factory import build_tiny_model
 from .serve_support import SECRET_ID, SECRET_NAME, chest_dataset, dicom_sink
-from .shared import NEMA, needs_data
+from .shared import NEMA
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,7 +96,7 @@ def test_rejected_and_unreadable_are_acknowledged_not_answered(
     assert len(received) == 1 and received[0].Modality == "SR"
 
 
-@needs_data
+@pytest.mark.data
 def test_nema_jpeg2000_chest_cr(estimator: XRayAge, sink: tuple[int, list[Any]]) -> None:
     port, received = sink
     nema = dcmread(NEMA)
@@ -105,7 +105,7 @@ def test_nema_jpeg2000_chest_cr(estimator: XRayAge, sink: tuple[int, list[Any]])
     assert statuses == [0] and node.stats.forwarded == 1
     values = read_dicom_sr(received[0])
     assert received[0].StudyInstanceUID == nema.StudyInstanceUID
-    assert values.chronological_age == pytest.approx(64.5, abs=0.1)
+    assert values.age_years == pytest.approx(64.5, abs=0.1)
     assert values.xray_age == pytest.approx(estimator.predict(NEMA).xray_age, abs=0.01)
 
 

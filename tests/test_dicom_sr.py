@@ -18,17 +18,18 @@ from xrayage.cli.main import main
 from xrayage.errors import MissingExtraError
 from xrayage.outputs import ClinicalOutputError, read_dicom_sr, to_dicom_sr, write_dicom_sr
 from xrayage.outputs.dicom_sr import CODING_SCHEME, XRAY_AGE
+from xrayage.quality import QualityFinding, QualityReport, QualityStatus
 
 from .clinical_helpers import dciodvfy, png_bytes, predict_kept
-from .shared import NEMA, needs_data
+from .shared import NEMA
 
-FIELDS = ("xray_age", "xray_age_lower", "xray_age_upper", "chronological_age", "age_gap",
+FIELDS = ("xray_age", "xray_age_lower", "xray_age_upper", "age_years", "age_gap",
           "age_gap_corrected")
 
 
 
 
-@needs_data
+@pytest.mark.data
 def test_sr_validates_and_round_trips(estimate: AgeEstimate, estimator: XRayAge,
                                       tmp_path: Path) -> None:
     path = write_dicom_sr(estimate, estimator.card, tmp_path / "x.sr.dcm")
@@ -41,7 +42,7 @@ def test_sr_validates_and_round_trips(estimate: AgeEstimate, estimator: XRayAge,
         estimator.card.name, estimator.card.version)
 
 
-@needs_data
+@pytest.mark.data
 def test_sr_references_source_and_copies_patient(estimate: AgeEstimate, estimator: XRayAge,
                                                  tmp_path: Path) -> None:
     source = pydicom.dcmread(estimate.path, stop_before_pixels=True)
@@ -65,13 +66,13 @@ def test_sr_references_source_and_copies_patient(estimate: AgeEstimate, estimato
     assert group.get_measurements(name=XRAY_AGE)[0].unit.value == "a"
 
 
-@needs_data
+@pytest.mark.data
 def test_sr_without_chronological_age_has_no_gaps(estimate: AgeEstimate,
                                                   estimator: XRayAge) -> None:
-    unknown = replace(estimate, chronological_age=None, age_gap=None, age_gap_corrected=None)
+    unknown = replace(estimate, age_years=None, age_gap=None, age_gap_corrected=None)
     values = read_dicom_sr(to_dicom_sr(unknown, estimator.card))
     assert values.xray_age == pytest.approx(round(estimate.xray_age, 2))
-    assert values.chronological_age is None and values.age_gap is None
+    assert values.age_years is None and values.age_gap is None
     assert values.age_gap_corrected is None
 
 
@@ -83,7 +84,8 @@ def test_png_input_is_refused_clearly(estimator: XRayAge) -> None:
 
 
 def test_rejected_estimate_is_refused(estimator: XRayAge) -> None:
-    est = AgeEstimate("lateral.dcm", qc_status="reject", qc_reasons=["lateral_view"])
+    est = AgeEstimate("lateral.dcm", quality=QualityReport([QualityFinding(
+        "lateral_view", QualityStatus.REJECT, "view LL is lateral")]))
     with pytest.raises(ClinicalOutputError, match=r"no X-ray age.*lateral_view"):
         to_dicom_sr(est, estimator.card)
 
@@ -95,7 +97,7 @@ def test_missing_highdicom_names_the_extra(estimator: XRayAge,
         to_dicom_sr(AgeEstimate("x.dcm", xray_age=50.0), estimator.card)
 
 
-@needs_data
+@pytest.mark.data
 def test_cli_writes_dicom_outputs_and_warns_for_png(estimator: XRayAge, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     png = tmp_path / "chest.png"

@@ -13,7 +13,7 @@ from PIL import Image
 from xrayage.cli.main import main
 from xrayage.evaluate import JSON_KEYS, evaluate, plot
 
-from .conftest import requires_shared_data, write_nih_subset
+from .conftest import write_nih_subset
 from .onnx_factory import build_tiny_model
 
 
@@ -35,7 +35,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     return manifest, build_tiny_model(tmp_path / "model")
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_evaluate_counts_problems(setup: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, model = setup
     result = evaluate(f"manifest:{manifest}", model)
@@ -49,7 +49,7 @@ def test_evaluate_counts_problems(setup: tuple[Path, Path], tmp_path: Path) -> N
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_no_skill_median_source(setup: tuple[Path, Path]) -> None:
     manifest, model = setup
     result = evaluate(f"manifest:{manifest}", model)
@@ -58,7 +58,7 @@ def test_no_skill_median_source(setup: tuple[Path, Path]) -> None:
     assert any("median" in n for n in result.notes)
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_cli_json(setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
                   tmp_path: Path) -> None:
     manifest, model = setup
@@ -78,7 +78,7 @@ def test_cli_bad_spec(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ADAPTER:PATH" in capsys.readouterr().err
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_split_needs_run_dir(setup: tuple[Path, Path]) -> None:
     manifest, model = setup
     with pytest.raises(ValueError, match="run-dir"):

@@ -14,14 +14,12 @@ from xrayage.card import ModelCard, sha256_file
 from xrayage.cli.main import main
 from xrayage.errors import ModelError
 
-from .conftest import MANIFEST, requires_shared_data, write_nih_subset
+from .conftest import MANIFEST, write_nih_subset
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, Path]:
     """Overfit resnet18 at 64 px on 72 shared NIH images (the point: the loop learns)."""
-    if not MANIFEST.is_file():
-        pytest.skip("../shared/data is not present")
     tmp = tmp_path_factory.mktemp("roundtrip")
     manifest = write_nih_subset(tmp, 72)
     run = tmp / "run"
@@ -35,7 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-@requires_shared_data
+@pytest.mark.data
 def test_roundtrip(trained: tuple[Path, Path], tmp_path: Path,
                    capsys: pytest.CaptureFixture[str]) -> None:
     run, manifest = trained
@@ -65,7 +63,7 @@ def test_roundtrip(trained: tuple[Path, Path], tmp_path: Path,
 
 
 @pytest.mark.slow
-@requires_shared_data
+@pytest.mark.data
 def test_export_hooks_and_cam(trained: tuple[Path, Path], tmp_path: Path) -> None:
     from xrayage.card import BiasCorrection
     from xrayage.model import AgeModel
@@ -86,7 +84,7 @@ def test_export_hooks_and_cam(trained: tuple[Path, Path], tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@requires_shared_data
+@pytest.mark.data
 def test_export_refuses_without_real_images(trained: tuple[Path, Path], tmp_path: Path) -> None:
     import shutil
 
@@ -103,7 +101,7 @@ def test_export_refuses_without_real_images(trained: tuple[Path, Path], tmp_path
         (run / "split.bak").rename(run / "split.json")
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_gaussian_export_without_training(tmp_path: Path) -> None:
     """A Gaussian-NLL model exports age, log_var and cam; ORT σ matches torch."""
     import torch
@@ -133,7 +131,7 @@ def test_gaussian_export_without_training(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@requires_shared_data
+@pytest.mark.data
 def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
     """--resume RUN/checkpoints/last.ckpt continues from its step (runs last: it extends RUN)."""
     import torch
@@ -153,7 +151,7 @@ def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.slow
-@requires_shared_data
+@pytest.mark.data
 def test_failed_verification_leaves_no_model(trained: tuple[Path, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """An export that fails its ORT/torch check must not be loadable (or reused by crossfit)."""

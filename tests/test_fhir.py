@@ -14,16 +14,16 @@ from xrayage import AgeEstimate, XRayAge
 from xrayage.errors import MissingExtraError
 from xrayage.outputs import ClinicalOutputError, to_fhir_observation, write_fhir
 from xrayage.outputs.fhir import CODE_SYSTEM, UCUM
+from xrayage.quality import QualityFinding, QualityReport, QualityStatus
 
 from .clinical_helpers import png_bytes, predict_kept
-from .shared import needs_data
 
 
 def components(obs: Observation) -> dict[str, Any]:
     return {c.code.coding[0].code: c for c in obs.component or []}
 
 
-@needs_data
+@pytest.mark.data
 def test_observation_round_trip(estimate: AgeEstimate, estimator: XRayAge,
                                 tmp_path: Path) -> None:
     path = write_fhir(estimate, estimator.card, tmp_path / "x.fhir.json")
@@ -40,7 +40,7 @@ def test_observation_round_trip(estimate: AgeEstimate, estimator: XRayAge,
     assert float(interval.low.value) == pytest.approx(round(estimate.xray_age_lower, 2))
     assert float(interval.high.value) == pytest.approx(round(estimate.xray_age_upper, 2))
     assert float(comp["30525-0"].valueQuantity.value) == pytest.approx(
-        round(estimate.chronological_age, 2))
+        round(estimate.age_years, 2))
     assert float(comp["xray-age-gap"].valueQuantity.value) == pytest.approx(
         round(estimate.age_gap, 2))
     assert float(comp["xray-age-gap-corrected"].valueQuantity.value) == pytest.approx(
@@ -48,7 +48,7 @@ def test_observation_round_trip(estimate: AgeEstimate, estimator: XRayAge,
     assert "tiny-test 0" in obs.device.display
 
 
-@needs_data
+@pytest.mark.data
 def test_observation_references_study_and_patient(estimate: AgeEstimate,
                                                   estimator: XRayAge) -> None:
     source = estimate.radiograph.dataset
@@ -63,7 +63,7 @@ def test_observation_references_study_and_patient(estimate: AgeEstimate,
     assert str(obs.effectiveDateTime) == f"{date[:4]}-{date[4:6]}-{date[6:]}"
 
 
-@needs_data
+@pytest.mark.data
 def test_bundle_links_report_and_observation(estimate: AgeEstimate, estimator: XRayAge,
                                              tmp_path: Path) -> None:
     path = write_fhir(estimate, estimator.card, tmp_path / "b.json", bundle=True)
@@ -86,7 +86,8 @@ def test_png_input_gives_observation_without_study(estimator: XRayAge) -> None:
 
 def test_rejected_and_missing_extra(estimator: XRayAge, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ClinicalOutputError, match=r"x\.dcm: no FHIR Observation: no X-ray age"):
-        to_fhir_observation(AgeEstimate("x.dcm", qc_status="reject"), estimator.card)
+        to_fhir_observation(AgeEstimate("x.dcm", quality=QualityReport([QualityFinding(
+            "not_chest", QualityStatus.REJECT, "not the chest")])), estimator.card)
     monkeypatch.setitem(sys.modules, "fhir.resources.R4B.observation", None)
     with pytest.raises(MissingExtraError, match="FHIR Observation needs the 'clinical' extra"):
         to_fhir_observation(AgeEstimate("x.dcm", xray_age=50.0), estimator.card)

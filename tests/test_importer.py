@@ -12,7 +12,7 @@ from xrayage.cli.main import main
 from xrayage.io import read_radiograph
 from xrayage.preprocess import preprocess
 
-from .shared import NEMA, needs_data
+from .shared import NEMA
 
 torch = pytest.importorskip("torch")
 
@@ -34,7 +34,7 @@ def riken_like_torchscript(path: Path) -> Path:
     return path
 
 
-@needs_data
+@pytest.mark.data
 def test_import_riken_preset_round_trip(tmp_path: Path) -> None:
     ts = riken_like_torchscript(tmp_path / "riken_like.pt")
     out = tmp_path / "riken"
@@ -47,7 +47,7 @@ def test_import_riken_preset_round_trip(tmp_path: Path) -> None:
     x = preprocess(read_radiograph(NEMA), card.preprocessing)[None]
     reference = torch.jit.load(str(ts))(torch.from_numpy(x)).item()
     assert est.xray_age == pytest.approx(reference, abs=1e-4)
-    assert est.chronological_age == pytest.approx(64.5, abs=0.1)
+    assert est.age_years == pytest.approx(64.5, abs=0.1)
     assert est.heatmap is None
 
 

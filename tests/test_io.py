@@ -17,7 +17,7 @@ from xrayage.errors import ImageTooLargeError, UnsupportedFormatError, XRayAgeIn
 from xrayage.io import read_radiograph
 
 from .dicom_factory import make_dataset, to_bytes
-from .shared import NIH_DIR, SIIM, needs_data
+from .shared import NIH_DIR, SIIM
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
@@ -164,7 +164,7 @@ def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
 EDITS = st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 255)), max_size=40)
 
 
-@needs_data
+@pytest.mark.data
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=EDITS, cut=st.none() | st.integers(1, 130_000))
 def test_fuzz_dicom_raises_only_input_errors(edits: list[tuple[int, int]], cut: int | None) -> None:
@@ -176,7 +176,7 @@ def test_fuzz_dicom_raises_only_input_errors(edits: list[tuple[int, int]], cut: 
     assert rg.pixels.dtype == np.float32 and np.isfinite(rg.pixels).all()
 
 
-@needs_data
+@pytest.mark.data
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=EDITS, cut=st.none() | st.integers(1, 200_000))
 def test_fuzz_png_raises_only_input_errors(edits: list[tuple[int, int]], cut: int | None) -> None:

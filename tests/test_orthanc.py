@@ -33,7 +33,7 @@ from xrayage.serve.node import Destination, XRayAgeNode
 from .dicom_factory import to_bytes
 from .onnx_factory import build_tiny_model
 from .serve_support import chest_dataset, free_port
-from .shared import NEMA, needs_data
+from .shared import NEMA
 
 ORTHANC = shutil.which("Orthanc") or next(
     (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).is_file()), None)
@@ -142,7 +142,7 @@ def test_synthetic_chest_sr_comes_back(pacs: tuple[httpx.Client, XRayAgeNode],
                                                        abs=0.01)
 
 
-@needs_data
+@pytest.mark.data
 def test_nema_chest_cr_sr_comes_back(pacs: tuple[httpx.Client, XRayAgeNode],
                                      estimator: XRayAge) -> None:
     client, node = pacs
@@ -153,4 +153,4 @@ def test_nema_chest_cr_sr_comes_back(pacs: tuple[httpx.Client, XRayAgeNode],
     assert sr.PatientID == nema.PatientID
     assert values.source_sop_instance_uid == nema.SOPInstanceUID
     assert values.xray_age == pytest.approx(estimator.predict(NEMA).xray_age, abs=0.01)
-    assert values.chronological_age == pytest.approx(64.5, abs=0.1)
+    assert values.age_years == pytest.approx(64.5, abs=0.1)

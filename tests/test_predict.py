@@ -36,7 +36,7 @@ def test_dicom_prediction_matches_model_and_card(tiny: Path) -> None:
     est = XRayAge.load(tiny).predict(data)
     x = preprocess(read_radiograph(data), ModelCard.load(tiny).preprocessing)[None]
     assert est.xray_age == pytest.approx(float(expected_age(x)[0]), abs=1e-4)
-    assert est.chronological_age == 55.0
+    assert est.age_years == 55.0
     assert est.age_gap == pytest.approx(est.xray_age - 55.0)
     assert est.age_gap_corrected == pytest.approx(est.xray_age - (0.5 * 55.0 + 25.0))
     assert (est.xray_age_lower, est.xray_age_upper) == pytest.approx(
@@ -47,7 +47,7 @@ def test_dicom_prediction_matches_model_and_card(tiny: Path) -> None:
 
 def test_overrides_and_heatmap_is_exact_cam(tiny: Path) -> None:
     est = XRayAge.load(tiny).predict(png_bytes(), age_years=40.0, sex="F", heatmap=True)
-    assert est.chronological_age == 40.0 and est.qc_status == "warn"
+    assert est.age_years == 40.0 and est.qc_status == "warn"
     assert est.qc_reasons == ["view_unknown"]
     assert est.heatmap is not None and est.heatmap.shape == (8, 8)
     assert float(est.heatmap.mean()) + 20.0 == pytest.approx(est.xray_age, abs=1e-4)
@@ -86,7 +86,7 @@ def test_tta_averages_views(tiny: Path) -> None:
 def test_record_columns(tiny: Path) -> None:
     record = XRayAge.load(tiny).predict(to_bytes(make_dataset())).to_record()
     assert list(record) == ["path", "xray_age", "xray_age_lower", "xray_age_upper",
-                            "chronological_age", "age_gap", "age_gap_corrected", "qc_status",
+                            "age_years", "age_gap", "age_gap_corrected", "qc_status",
                             "qc_reasons", "error"]
 
 

@@ -16,7 +16,7 @@ from xrayage.cohort.table import read_predictions  # noqa: E402
 from xrayage.train.model import AgeNet  # noqa: E402
 from xrayage.train.probe import _solve, choose_alpha, crossfit_ridge, set_head  # noqa: E402
 
-from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
+from .conftest import write_nih_subset  # noqa: E402
 
 
 def test_taps_join_the_head_and_keep_the_cam_exact() -> None:
@@ -101,7 +101,7 @@ def test_crossfit_is_patient_disjoint_and_nested() -> None:
     assert np.abs(oof - noise).mean() > 0.6 * np.abs(noise - np.median(noise)).mean()
 
 
-@requires_shared_data
+@pytest.mark.data
 @pytest.mark.slow
 def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = write_nih_subset(tmp_path, 60)

@@ -11,7 +11,7 @@ from xrayage.io import read_radiograph
 from xrayage.quality import QualityStatus, check_quality
 from xrayage.radiograph import Radiograph
 
-from .shared import NIH_DIR, needs_data
+from .shared import NIH_DIR
 
 
 def chest(**kw: object) -> Radiograph:
@@ -103,7 +103,7 @@ def test_custom_checks_can_be_added() -> None:
     assert check_quality(chest(), [*CHECKS, always_flag]).reasons == ["flag"]
 
 
-@needs_data
+@pytest.mark.data
 def test_real_nih_png_passes_pixel_checks() -> None:
     rg = read_radiograph(NIH_DIR / "00000001_000.png")
     assert check_quality(rg).reasons == ["view_unknown", "age_unknown"]

@@ -27,7 +27,7 @@ from xrayage.engines.shards import (  # noqa: E402
 )
 from xrayage.results import ResultWriter  # noqa: E402
 
-from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
+from .conftest import write_nih_subset  # noqa: E402
 from .dicom_factory import make_dataset, to_bytes  # noqa: E402
 from .onnx_factory import build_tiny_model  # noqa: E402
 
@@ -79,7 +79,7 @@ def local_rows(manifest: Path, model: Path, out: Path) -> str:
     return out.read_text()
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_same_rows_as_local_and_resumes(local_ray: None, tiny: Path, manifest: Path,
                                         tmp_path: Path) -> None:
     expected = local_rows(manifest, tiny, tmp_path / "local.csv")
@@ -110,7 +110,7 @@ def _crashing_actor(marker: str) -> type[ShardInference]:
     return CrashOnce
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_lost_actor_every_row_exactly_once(local_ray: None, tiny: Path, manifest: Path,
                                            tmp_path: Path) -> None:
     expected = local_rows(manifest, tiny, tmp_path / "local.jsonl")
@@ -127,7 +127,7 @@ def test_lost_actor_every_row_exactly_once(local_ray: None, tiny: Path, manifest
 
 def test_merge_is_exactly_once_and_survives_a_killed_driver(tmp_path: Path) -> None:
     rows = [{"path": f"img{i}.png", "xray_age": 50.0 + i, "xray_age_lower": None,
-             "xray_age_upper": None, "chronological_age": 40.0, "age_gap": 10.0 + i,
+             "xray_age_upper": None, "age_years": 40.0, "age_gap": 10.0 + i,
              "age_gap_corrected": None, "qc_status": "ok", "qc_reasons": ["no_view"],
              "error": None} for i in range(5)]
     parts = tmp_path / "out.csv.parts" / "rows"

@@ -14,9 +14,10 @@ from PIL import Image
 from xrayage import AgeEstimate, XRayAge
 from xrayage.outputs import render_report, write_report
 from xrayage.outputs.report import gap_reference
+from xrayage.quality import QualityFinding, QualityReport, QualityStatus
 
 from .clinical_helpers import make_estimator, png_bytes, predict_kept
-from .shared import NEMA, needs_data
+from .shared import NEMA
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +26,11 @@ def estimator(tmp_path_factory: pytest.TempPathFactory) -> XRayAge:
 
 
 @pytest.fixture(scope="module")
-def nema(estimator: XRayAge) -> AgeEstimate:
-    if not NEMA.is_file():
-        pytest.skip("../shared/data is not present")
+def nema(estimator: XRayAge, shared_data: Path) -> AgeEstimate:
     return predict_kept(estimator, NEMA)
 
 
-@needs_data
+@pytest.mark.data
 def test_report_shows_result_images_and_card(nema: AgeEstimate, estimator: XRayAge,
                                              tmp_path: Path) -> None:
     page = write_report(nema, estimator.card, tmp_path / "r.html").read_text()
@@ -48,7 +47,7 @@ def test_report_shows_result_images_and_card(nema: AgeEstimate, estimator: XRayA
     assert nema.radiograph.study_instance_uid in page
 
 
-@needs_data
+@pytest.mark.data
 def test_report_carries_no_patient_identifiers(nema: AgeEstimate, estimator: XRayAge) -> None:
     page = render_report(nema, estimator.card)
     source = nema.radiograph.dataset
@@ -56,7 +55,7 @@ def test_report_carries_no_patient_identifiers(nema: AgeEstimate, estimator: XRa
         assert str(source.get(keyword)) not in page
 
 
-@needs_data
+@pytest.mark.data
 def test_gap_reference_matches_the_interval(nema: AgeEstimate, estimator: XRayAge) -> None:
     ref = gap_reference(nema, estimator.card)
     assert ref is not None
@@ -69,7 +68,8 @@ def test_gap_reference_matches_the_interval(nema: AgeEstimate, estimator: XRayAg
 
 
 def test_rejected_input_report_says_why(estimator: XRayAge) -> None:
-    est = AgeEstimate("lateral.dcm", qc_status="reject", qc_reasons=["lateral_view"])
+    est = AgeEstimate("lateral.dcm", quality=QualityReport([QualityFinding(
+        "lateral_view", QualityStatus.REJECT, "view LL is lateral")]))
     page = render_report(est, estimator.card)
     assert "No X-ray age" in page and "lateral_view" in page and "<svg" not in page
 

@@ -20,10 +20,9 @@ from xrayage.outputs import (
 from xrayage.outputs.secondary_capture import summary_lines
 
 from .clinical_helpers import dciodvfy, png_bytes, predict_kept
-from .shared import needs_data
 
 
-@needs_data
+@pytest.mark.data
 def test_sc_validates_and_references_source(estimate: AgeEstimate, estimator: XRayAge,
                                             tmp_path: Path) -> None:
     path = write_secondary_capture(estimate, estimator.card, tmp_path / "x.sc.dcm")
@@ -41,7 +40,7 @@ def test_sc_validates_and_references_source(estimate: AgeEstimate, estimator: XR
     assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
 
 
-@needs_data
+@pytest.mark.data
 def test_sc_pixels_are_the_rendered_summary(estimate: AgeEstimate, estimator: XRayAge) -> None:
     sc = to_secondary_capture(estimate, estimator.card)
     expected = np.asarray(render_summary_image(estimate, estimator.card))
@@ -54,7 +53,7 @@ def test_sc_pixels_are_the_rendered_summary(estimate: AgeEstimate, estimator: XR
     assert np.ptp(image[..., 0].astype(int) - image[..., 2].astype(int)) > 50  # coloured map
 
 
-@needs_data
+@pytest.mark.data
 def test_summary_lines_hold_the_result(estimate: AgeEstimate, estimator: XRayAge) -> None:
     lines = summary_lines(estimate, estimator.card)
     text = "\n".join(lines)
@@ -66,7 +65,7 @@ def test_summary_lines_hold_the_result(estimate: AgeEstimate, estimator: XRayAge
     assert text.isascii()
 
 
-@needs_data
+@pytest.mark.data
 def test_without_heatmap_shows_the_plain_image(estimate: AgeEstimate,
                                                estimator: XRayAge) -> None:
     plain = np.asarray(render_summary_image(replace(estimate, heatmap=None), estimator.card))

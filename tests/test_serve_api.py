@@ -29,7 +29,7 @@ from .serve_support import (
     gray_png,
     live_server,
 )
-from .shared import NEMA, needs_data
+from .shared import NEMA
 
 KEY = "k" * 24
 
@@ -65,7 +65,7 @@ def test_dicom_prediction_matches_library(client: TestClient, estimator: XRayAge
     assert body["xray_age"] == pytest.approx(est.xray_age, abs=0.01)
     assert body["xray_age_lower"] == pytest.approx(est.xray_age - 8, abs=0.01)
     assert body["interval_coverage"] == 0.9
-    assert body["chronological_age"] == 55.0
+    assert body["age_years"] == 55.0
     assert body["age_gap"] == pytest.approx(est.xray_age - 55, abs=0.01)
     assert body["age_gap_corrected"] is not None
     assert body["qc_status"] == "ok" and body["qc_messages"] == []
@@ -76,14 +76,14 @@ def test_dicom_prediction_matches_library(client: TestClient, estimator: XRayAge
 def test_png_with_typed_age_heatmap_and_query_fields(client: TestClient) -> None:
     r = post(client, gray_png(), "chest.png", age_years="70", sex="F", heatmap="true")
     body = r.json()
-    assert r.status_code == 200 and body["chronological_age"] == 70.0
+    assert r.status_code == 200 and body["age_years"] == 70.0
     assert body["age_gap"] == pytest.approx(body["xray_age"] - 70, abs=0.02)
     assert "view_unknown" not in body["qc_reasons"] or body["qc_status"] == "warn"
     png = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
     assert png.format == "PNG" and png.mode == "RGB"
     q = client.post("/v1/predict?age_years=40&heatmap=true",
                     files={"file": ("a.png", gray_png(), "image/png")})
-    assert q.json()["chronological_age"] == 40.0 and q.json()["heatmap_png_base64"]
+    assert q.json()["age_years"] == 40.0 and q.json()["heatmap_png_base64"]
 
 
 def test_rejected_image_is_a_result_without_age(client: TestClient) -> None:
@@ -113,11 +113,11 @@ def test_sr_and_fhir_outputs(client: TestClient) -> None:
     assert png["fhir_observation"]["resourceType"] == "Observation"
 
 
-@needs_data
+@pytest.mark.data
 def test_nema_chest_cr(client: TestClient) -> None:
     body = post(client, NEMA.read_bytes(), heatmap="true").json()
     assert body["qc_status"] in ("ok", "warn") and body["xray_age"] is not None
-    assert body["chronological_age"] == pytest.approx(64.5, abs=0.1)
+    assert body["age_years"] == pytest.approx(64.5, abs=0.1)
 
 
 def test_model_card_health_schema_and_page(client: TestClient) -> None:

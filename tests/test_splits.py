@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from xrayage.datasets import Sample, load_dataset
 from xrayage.datasets.splits import Split, split_patients
 
-from .conftest import MANIFEST, requires_shared_data, synthetic_samples
+from .conftest import MANIFEST, synthetic_samples
 
 
 @given(st.integers(5, 200), st.integers(0, 10_000), st.floats(0.05, 0.4))
@@ -63,7 +63,7 @@ def test_bad_input() -> None:
         Split().assign([], "holdout")
 
 
-@requires_shared_data
+@pytest.mark.data
 def test_real_manifest_patient_disjoint() -> None:
     samples = load_dataset(f"manifest:{MANIFEST}").samples
     sp = split_patients(samples, val_fraction=0.2, seed=0)

@@ -18,7 +18,7 @@ from xrayage.preprocess import normalize as np_normalize  # noqa: E402
 from xrayage.train.augment import AugmentConfig, augment, normalize, to_float  # noqa: E402
 from xrayage.train.model import AgeNet  # noqa: E402
 
-from .conftest import requires_shared_data, write_nih_subset  # noqa: E402
+from .conftest import write_nih_subset  # noqa: E402
 
 
 @pytest.mark.parametrize(("backbone", "levels", "size"), [
@@ -126,7 +126,7 @@ def test_inference_modules_do_not_import_torch() -> None:
 
 
 @pytest.mark.slow
-@requires_shared_data
+@pytest.mark.data
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     manifest = write_nih_subset(tmp_path, 40)
     out = tmp_path / "run"

@@ -1,8 +1,11 @@
-"""Exception and warning classes.
+"""Exception and warning classes: every one that xrayage defines lives here.
 
 Every problem with an input radiograph raises :class:`XRayAgeInputError` (a
 ``ValueError``), so a caller can process a batch and handle one bad file without
-stopping the others.
+stopping the others. A missing optional dependency raises :class:`MissingExtraError`
+(see :func:`xrayage.extras.require`). The modules that used to define
+:class:`CohortDataError` (:mod:`xrayage.cohort`) and :class:`ClinicalOutputError`
+(:mod:`xrayage.outputs`) still re-export them.
 """
 
 from __future__ import annotations
@@ -46,5 +49,29 @@ class MissingExtraError(XRayAgeError, ImportError):
         self.extra = extra
 
 
+class CohortDataError(XRayAgeError, ValueError):
+    """A cohort table cannot be analysed as asked (missing column, bad values, too few events).
+
+    The message names the column and says what to change.
+    """
+
+
+class ClinicalOutputError(XRayAgeError, ValueError):
+    """An estimate cannot be turned into the requested clinical output.
+
+    The message names the input file and the reason (no X-ray age, not a DICOM
+    source, ...); it never holds patient identifiers.
+    """
+
+
 class XRayAgeWarning(UserWarning):
     """Base class of xrayage warnings."""
+
+
+class XRayAgeDeprecationWarning(XRayAgeWarning, FutureWarning):
+    """A deprecated name or file format was used; it still works, but will not for long.
+
+    For example a predictions CSV with the legacy ``chronological_age`` column instead of
+    ``age_years``. It is a :class:`FutureWarning`, so Python shows it to the users of the
+    command line by default, not only to developers.
+    """

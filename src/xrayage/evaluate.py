@@ -1,14 +1,16 @@
 """Evaluate an ONNX X-ray age model on a dataset: metrics overall and by sex, view, age band.
 
-Needs no torch: images go through the same reader, quality check and preprocessing as
-inference, and the model runs on ONNX Runtime. Unreadable or QC-rejected images are
-counted and listed, never fatal.
+Needs no torch: images go through :meth:`~xrayage.predict.XRayAge.predict_many`, the same
+stages as ``xrayage predict`` (so the same images are rejected, children included), and the
+model runs on ONNX Runtime. Unreadable or QC-rejected images are counted by reason and
+listed, never fatal.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import Sample, filter_samples, load_dataset
+from .datasets import filter_samples, load_dataset
 from .datasets.splits import Split
 from .metrics import age_band, age_metrics, grouped_metrics
 from .model import load_model
+from .pipeline import PredictInput
+from .predict import XRayAge
+from .quality import QualityStatus
 
 logger = logging.getLogger(__name__)
 
@@ -57,27 +62,9 @@ class Evaluation:
                    no_skill_median=self.metrics["no_skill_median"],
                    failed=sum(p["status"] == "failed" for p in self.problems),
                    rejected=sum(p["status"] == "rejected" for p in self.problems),
+                   excluded=excluded(self.problems),
                    groups=self.groups, notes=self.notes)
         return out
-
-
-def _load_one(sample: Sample, spec: Any, qc: bool) -> tuple[str, Any]:
-    from .errors import XRayAgeInputError
-    from .io import read_radiograph
-    from .preprocess import preprocess
-    from .quality import check_header, check_pixels, check_quality
-
-    try:
-        rg = read_radiograph(sample.path)
-        if qc:
-            report = check_quality(rg, checks=[check_header, check_pixels])
-            if report.status.value == "reject":
-                return "rejected", ",".join(report.reasons)
-        return "ok", preprocess(rg, spec)
-    except XRayAgeInputError as exc:
-        return "failed", str(exc)
-    except (OSError, ValueError, MemoryError) as exc:
-        return "failed", f"{type(exc).__name__}: {exc}"
 
 
 def evaluate(
@@ -90,13 +77,15 @@ def evaluate(
     all_views: bool = False,
     adults_only: bool = False,
     threads: int | None = None,
+    tta: bool = False,
 ) -> Evaluation:
-    """Score a model on a dataset.
+    """Score a model on a dataset, through the same stages as ``xrayage predict``.
 
     Parameters
     ----------
     dataset : str
-        Dataset spec (``nih:/data/nih``, ``manifest:/data/manifest.csv?source=nih_cxr14``).
+        Dataset spec (``nih:/data/nih``, ``manifest:/data/manifest.csv?source=nih_cxr14``),
+        or the path of a manifest CSV.
     model : str or path, optional
         Bundled model name or model directory (default: the bundled model).
     split : {'train', 'val', 'test'}, optional
@@ -105,16 +94,21 @@ def evaluate(
         The training run directory (needed with `split`).
     batch_size : int
     qc : bool
-        Skip (and count) images the quality check rejects.
+        Skip (and count) images the quality checks reject, children included, exactly as
+        ``predict`` does; False scores every readable image.
     all_views, adults_only : bool
         Dataset filters (default: frontal views, all ages).
     threads : int, optional
         ONNX Runtime threads.
+    tta : bool
+        Average test-time augmented views, as ``predict --tta``.
 
     Returns
     -------
     Evaluation
     """
+    if ":" not in dataset.split("?", 1)[0] and dataset.lower().endswith(".csv"):
+        dataset = f"manifest:{dataset}"
     # A training run's split refers to the data as training loaded it (NIH: train_val list).
     role = "train" if split is not None else "eval"
     samples = filter_samples(load_dataset(dataset, role=role).samples,
@@ -125,41 +119,39 @@ def evaluate(
         samples = Split.load(Path(run_dir) / "split.json").assign(samples, split)
     if not samples:
         raise ValueError(f"{dataset}: no samples to evaluate after filtering")
-    age_model = load_model(model, threads=threads)
-    spec = age_model.card.preprocessing
+    estimator = XRayAge(load_model(model, threads=threads), tta=tta, batch_size=batch_size)
     notes: list[str] = []
-    median = age_model.card.metrics.get("train_median_age")
+    median = estimator.card.metrics.get("train_median_age")
     if median is None:
         notes.append("no training median in the model card: mae_no_skill uses the evaluated "
                      "data's own median (optimistic)")
-    kept: list[Sample] = []
-    preds: list[np.ndarray] = []
+    items = [PredictInput(str(s.path), str(s.path), s.age_years, s.sex or None, s.view or None)
+             for s in samples]
+    predictions: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        if batch:
-            preds.append(age_model.run(np.stack(batch)).age)
-            batch.clear()
-
-    for s in samples:
-        status, value = _load_one(s, spec, qc)
-        if status != "ok":
-            problems.append({"path": str(s.path), "status": status, "reason": value})
+    estimates = estimator.predict_many(items, checks=None if qc else [])
+    for s, est in zip(samples, estimates, strict=True):
+        if est.xray_age is None:
+            failed = est.failure is not None
+            problems.append({"path": est.path, "status": "failed" if failed else "rejected",
+                             "reason": est.error if failed else ",".join(
+                                 f.code for f in est.quality.findings
+                                 if f.status is QualityStatus.REJECT)})
             continue
-        kept.append(s)
-        batch.append(value)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
+        predictions.append({"path": est.path, "patient_id": s.patient_id,
+                            "age_years": est.age_years, "xray_age": est.xray_age,
+                            "sex": s.sex, "view": s.view})
     if problems:
-        logger.warning("%d of %d images not scored (failed or rejected)", len(problems),
-                       len(samples))
-    xray = np.concatenate(preds) if preds else np.zeros(0)
-    predictions = [{"path": str(s.path), "patient_id": s.patient_id, "age_years": s.age_years,
-                    "xray_age": float(p), "sex": s.sex, "view": s.view}
-                   for s, p in zip(kept, xray, strict=True)]
+        logger.warning("%d of %d images not scored: %s", len(problems), len(samples),
+                       ", ".join(f"{n} {why}" for why, n in excluded(problems).items()))
     return Evaluation(*score(predictions, median), predictions, problems, notes)
+
+
+def excluded(problems: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many images were not scored, by reason: ``failed`` (unreadable) or a quality-check
+    code (``child``, ``lateral_view``, ...), most frequent first."""
+    counts = Counter("failed" if p["status"] == "failed" else p["reason"] for p in problems)
+    return dict(counts.most_common())
 
 
 def score(predictions: Sequence[dict[str, Any]], train_median: float | None = None
@@ -169,10 +161,10 @@ def score(predictions: Sequence[dict[str, Any]], train_median: float | None = No
     sex, view and age band."""
     ages = np.asarray([float(r["age_years"]) for r in predictions], dtype=np.float64)
     xray = np.asarray([float(r["xray_age"]) for r in predictions], dtype=np.float64)
-    groups = grouped_metrics(ages, xray, {
+    groups = grouped_metrics(age_years=ages, xray_age=xray, groups={
         "sex": [r["sex"] for r in predictions], "view": [r["view"] for r in predictions],
-        "age_band": [age_band(a) for a in ages]}, train_median)
-    return age_metrics(ages, xray, train_median), groups
+        "age_band": [age_band(a) for a in ages]}, train_median=train_median)
+    return age_metrics(age_years=ages, xray_age=xray, train_median=train_median), groups
 
 
 def plot(result: Evaluation, directory: str | os.PathLike[str]) -> list[Path]:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .predict import PredictInput
+from .pipeline import PredictInput
 
 logger = logging.getLogger(__name__)
 

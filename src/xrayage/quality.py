@@ -31,16 +31,24 @@ FRONTAL_VIEWS = {"PA", "AP", "APS", "PAS", "APL", "PAL", "AP SUPINE", "AP ERECT"
 
 
 class QualityStatus(str, enum.Enum):
-    """Overall verdict, ordered ok < warn < reject."""
+    """Overall verdict, ordered ok < warn < reject < error.
+
+    ``error`` is never a check's finding: it is the status of an input that could not be
+    read at all (see :attr:`xrayage.estimate.AgeEstimate.qc_status`).
+    """
 
     OK = "ok"
     WARN = "warn"
     REJECT = "reject"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
 
     @property
     def rank(self) -> int:
-        """0 for ok, 1 for warn, 2 for reject."""
-        return ("ok", "warn", "reject").index(self.value)
+        """0 for ok, 1 for warn, 2 for reject, 3 for error."""
+        return ("ok", "warn", "reject", "error").index(self.value)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,17 @@ class QualityReport:
     def accepted(self) -> bool:
         """True unless the status is ``reject``."""
         return self.status is not QualityStatus.REJECT
+
+    def to_dict(self) -> list[dict[str, str]]:
+        """The findings as JSON-ready ``{"code", "status", "message"}`` objects."""
+        return [{"code": f.code, "status": f.status.value, "message": f.message}
+                for f in self.findings]
+
+    @classmethod
+    def from_dict(cls, data: list[dict[str, str]]) -> QualityReport:
+        """Inverse of :meth:`to_dict`."""
+        return cls([QualityFinding(d["code"], QualityStatus(d["status"]), d["message"])
+                    for d in data])
 
 
 Check = Callable[[Radiograph], Iterator[QualityFinding]]
@@ -178,6 +197,10 @@ def check_pixels(rg: Radiograph) -> Iterator[QualityFinding]:
 CHECKS: list[Check] = [check_header, check_age, check_pixels]
 """The checks run by :func:`check_quality`, in order."""
 
+IMAGE_CHECKS: list[Check] = [check_header, check_pixels]
+"""The checks of the image alone, without the patient's age (the training cache runs these:
+which ages to train on is the dataset filter's business)."""
+
 
 def check_quality(rg: Radiograph, checks: list[Check] | None = None) -> QualityReport:
     """Run the quality checks on a radiograph.
@@ -186,7 +209,7 @@ def check_quality(rg: Radiograph, checks: list[Check] | None = None) -> QualityR
     ----------
     rg : Radiograph
     checks : list of callables, optional
-        Defaults to :data:`CHECKS`.
+        Defaults to :data:`CHECKS`; an empty list runs none.
 
     Returns
     -------
@@ -200,4 +223,5 @@ def check_quality(rg: Radiograph, checks: list[Check] | None = None) -> QualityR
     >>> check_quality(rg).status.value, check_quality(rg).reasons
     ('reject', ['child'])
     """
-    return QualityReport([f for check in (checks or CHECKS) for f in check(rg)])
+    return QualityReport([f for check in (CHECKS if checks is None else checks)
+                          for f in check(rg)])

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .predict import RECORD_FIELDS
+from .estimate import RECORD_FIELDS
 
 
 class ResultWriter:

@@ -46,17 +46,18 @@ def crossfit(data: tuple[str, ...], out: Path, k: int, backbone: str, image_size
              no_progress: bool) -> None:
     """Train k models on patient-disjoint folds; predict each image with the model that never
     saw it. The output feeds `xrayage analyze`, which then trusts it as out-of-fold."""
-    from ..cohort.crossfit import crossfit as run_crossfit
     from ..train import require_torch
 
     require_torch("xrayage crossfit")
+    from ..train.crossfit import crossfit as run_crossfit
     from ..train.fit import TrainConfig
-    from .train import _levels, _taps
+    from .train import parse_levels, parse_taps
 
     cfg = TrainConfig(data=list(data), out=str(out), backbone=backbone, image_size=image_size,
                       epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                       loss=loss, init_weights=init_weights, head=head,
-                      feature_levels=_levels(feature_levels), taps=_taps(taps), grid=grid,
+                      feature_levels=parse_levels(feature_levels), taps=parse_taps(taps),
+                      grid=grid,
                       ridge_views=ridge_views, seed=seed, adults_only=adults_only,
                       cache_dir=cache_dir, num_workers=num_workers, progress=not no_progress)
     path = run_crossfit(cfg, k=k, threads=threads)

@@ -50,20 +50,26 @@ def _clean(value: object) -> object:
 @click.option("--adults-only", is_flag=True)
 @click.option("--all-views", is_flag=True)
 @click.option("--no-qc", is_flag=True, help="Score images the quality check would reject.")
+@click.option("--tta", is_flag=True, help="Average test-time augmented views, as predict --tta.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--threads", type=int, default=None)
 def evaluate(dataset: str, model: str | None, as_json: bool, plots: Path | None,
              predictions: Path | None, split: str | None, run_dir: Path | None,
-             adults_only: bool, all_views: bool, no_qc: bool, batch_size: int,
+             adults_only: bool, all_views: bool, no_qc: bool, tta: bool, batch_size: int,
              threads: int | None) -> None:
-    """Evaluate a model on DATASET (ADAPTER:PATH[?opts], e.g. manifest:data/manifest.csv)."""
+    """Evaluate a model on DATASET (ADAPTER:PATH[?opts], e.g. manifest:data/manifest.csv,
+    or a manifest CSV's path).
+
+    Images go through the same stages as ``xrayage predict``: the same ones are rejected
+    (children, laterals, non-chest ...), counted by reason, and not scored.
+    """
     from ..evaluate import evaluate as run_evaluation
-    from ..evaluate import plot
+    from ..evaluate import excluded, plot
 
     with input_errors():
         result = run_evaluation(dataset, model, split=split, run_dir=run_dir,
                                 batch_size=batch_size, qc=not no_qc, all_views=all_views,
-                                adults_only=adults_only, threads=threads)
+                                adults_only=adults_only, threads=threads, tta=tta)
     if plots is not None and result.predictions:
         plot(result, plots)
     if predictions is not None:
@@ -76,7 +82,9 @@ def evaluate(dataset: str, model: str | None, as_json: bool, plots: Path | None,
         click.echo(json.dumps(_clean(result.summary())))
         return
     m = result.metrics
-    click.echo(f"images scored {m['n']}, failed/rejected {len(result.problems)}")
+    click.echo(f"images scored {m['n']}, not scored {len(result.problems)}")
+    for why, count in excluded(result.problems).items():
+        click.echo(f"  not scored: {count} {why}")
     for key in ("mae", "rmse", "bias", "r", "r2", "icc", "age_mean", "age_sd", "mae_no_skill"):
         click.echo(f"{key:<13} {m[key]:8.3f}")
     for name, levels in result.groups.items():

@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..explain import save_overlay
 from ..inputs import expand_inputs
 from ..outputs import ClinicalDirs, write_clinical
-from ..predict import AgeEstimate, XRayAge
+from ..estimate import AgeEstimate
+from ..predict import XRayAge
 from ..results import ResultWriter
 
 
@@ -88,10 +89,10 @@ def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None
                       disable=not console.is_terminal) as progress:
             task = progress.add_task("X-ray age", total=total)
             heat = heatmaps is not None or clinical.needs_heatmap
-            for est in estimator.predict_many(items, heatmap=heat,
-                                              keep_radiograph=heat or clinical.any):
+            keep = heatmaps is not None or clinical.needs_pixels
+            for est in estimator.predict_many(items, heatmap=heat, keep_radiograph=keep):
                 _emit(est, writer, heatmaps, estimator, clinical)
-                counts[est.qc_status] = counts.get(est.qc_status, 0) + 1
+                counts[est.qc_status.value] = counts.get(est.qc_status.value, 0) + 1
                 progress.advance(task)
     finally:
         if writer is not None:
@@ -109,7 +110,6 @@ def _emit(est: AgeEstimate, writer: ResultWriter | None, heatmaps: Path | None,
                      estimator.card.preprocessing)
     if clinical.any:
         write_clinical(est, estimator.card, clinical)
-        est.radiograph = None  # free the pixels
     record = est.to_record()
     if writer is not None:
         writer.write(record)

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 
-def _levels(value: str | None) -> list[int] | None:
+def parse_levels(value: object) -> list[int] | None:
+    """Parse ``--feature-levels`` (``"3,4"``) into a list of ints; None when not given."""
     if not value:
         return None
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        return [int(v) for v in str(value).split(",") if v.strip()]
     except ValueError as exc:
         raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 3,4") from exc
 
@@ -94,8 +95,8 @@ def train(**kw: object) -> None:
         image_size=kw["image_size"], channels=int(kw["channels"]), square=str(kw["square"]),
         epochs=kw["epochs"], loss=str(kw["loss"]), lr=kw["lr"], weight_decay=kw["weight_decay"],
         batch_size=kw["batch_size"], backbone_lr_mult=kw["backbone_lr_mult"],
-        freeze_stages=kw["freeze_stages"], feature_levels=_levels(kw["feature_levels"]),
-        taps=_taps(kw["taps"]), grid=kw["grid"], head=str(kw["head"]),
+        freeze_stages=kw["freeze_stages"], feature_levels=parse_levels(kw["feature_levels"]),
+        taps=parse_taps(kw["taps"]), grid=kw["grid"], head=str(kw["head"]),
         ridge_views=kw["ridge_views"], ridge_crossfit=bool(kw["ridge_crossfit"]),
         init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
         val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
@@ -116,6 +117,7 @@ def train(**kw: object) -> None:
     click.echo(f"best checkpoint: {best}")
 
 
-def _taps(text: object) -> list[str] | None:
+def parse_taps(text: object) -> list[str] | None:
+    """Parse ``--taps`` (``"block3,block5"``) into module names; None when not given."""
     names = [t.strip() for t in str(text or "").split(",") if t.strip()]
     return names or None

@@ -8,7 +8,7 @@ is used; a missing one raises :class:`~xrayage.errors.MissingExtraError`.
 
 from __future__ import annotations
 
-from ._deps import CohortDataError, CohortWarning
+from ..errors import CohortDataError
 from .accuracy import age_accuracy
 from .analysis import AnalysisSettings, CohortAnalysis, analyze_cohort
 from .gap_by_condition import GapByConditionFitter, adjust_pvalues
@@ -21,7 +21,6 @@ __all__ = [
     "AnalysisSettings",
     "CohortAnalysis",
     "CohortDataError",
-    "CohortWarning",
     "GapByConditionFitter",
     "GapCoxFitter",
     "Provenance",

@@ -1,37 +1,23 @@
-"""Lazy imports of the ``analysis`` extra, errors and small shared helpers."""
+"""Small helpers shared by the cohort modules.
+
+The ``analysis`` extra is imported with :func:`xrayage.extras.require` (naming
+:data:`FEATURE`), and :class:`~xrayage.errors.CohortDataError` lives in
+:mod:`xrayage.errors` (re-exported here and by :mod:`xrayage.cohort`).
+"""
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import Any
 
-from ..errors import MissingExtraError, XRayAgeError, XRayAgeWarning
+from ..errors import CohortDataError as CohortDataError  # re-exported (it was defined here)
+from ..extras import require
 
 FEATURE = "xrayage analyze"
-
-
-class CohortDataError(XRayAgeError, ValueError):
-    """A cohort table cannot be analysed as asked (missing column, bad values, too few events).
-
-    The message names the column and says what to change.
-    """
-
-
-class CohortWarning(XRayAgeWarning):
-    """A cohort analysis ran but a result needs care (small group, missing data, non-PH)."""
-
-
-def require(module: str) -> ModuleType:
-    """Import `module` or raise :class:`~xrayage.errors.MissingExtraError` naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtraError(FEATURE, "analysis", exc) from exc
+"""The feature named when a package of the ``analysis`` extra is missing."""
 
 
 def new_axes(figsize: tuple[float, float] = (6.0, 4.5)) -> Any:
     """Return axes on a fresh Agg figure (no pyplot, so no global backend state is touched)."""
-    figure = require("matplotlib.figure")
+    figure = require("matplotlib.figure", "analysis", FEATURE)
     fig = figure.Figure(figsize=figsize, layout="constrained")
     return fig.add_subplot()

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CohortDataError
 from ..metrics import age_band, age_metrics, grouped_metrics
-from ._deps import CohortDataError, new_axes
+from ._deps import new_axes
 
 
 def age_accuracy(xray_age: Any, age_years: Any, sex: Any | None = None,

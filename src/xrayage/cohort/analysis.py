@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._deps import CohortDataError, require
+from ..errors import CohortDataError
+from ..extras import require
+from ._deps import FEATURE
 from .accuracy import age_accuracy, plot_bland_altman, plot_scatter
 from .gap_by_condition import GapByConditionFitter
 from .prognosis import GapCoxFitter
@@ -174,7 +176,7 @@ def analyze_cohort(predictions: str | Path, settings: AnalysisSettings,
 def _resolve_columns(df: Any, s: AnalysisSettings,
                      warn: list[str]) -> tuple[Any, dict[str, str | None]]:
     """Pick the age, sex and gap columns; compute the raw gap when only ages are given."""
-    pd = require("pandas")
+    pd = require("pandas", "analysis", FEATURE)
     age = s.age or next((c for c in ("chronological_age", "age_years")
                          if c in df.columns and df[c].notna().any()), None)
     if s.age and s.age not in df.columns:

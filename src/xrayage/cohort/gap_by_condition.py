@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ._deps import CohortDataError, new_axes, require
+from ..errors import CohortDataError
+from ..extras import require
+from ._deps import FEATURE, new_axes
 from .table import design, sex_male, to_binary
 
 CORRECTIONS = {"holm": "holm", "bh": "bh", "none": None}
@@ -111,7 +113,7 @@ class GapByConditionFitter:
         -------
         self
         """
-        pd = require("pandas")
+        pd = require("pandas", "analysis", FEATURE)
         if not conditions:
             raise CohortDataError("no condition column given (--condition or --expand-findings)")
         extra = [c for c in (sex_col, reference_col) if c]
@@ -147,7 +149,7 @@ class GapByConditionFitter:
         return self
 
     def _fit_one(self, name: str, cond: Any, gap: Any, base: Any, cluster: Any) -> dict[str, Any]:
-        sm = require("statsmodels.api")
+        sm = require("statsmodels.api", "analysis", FEATURE)
         frame = base.assign(_cond=cond, _gap=gap)
         if cluster is not None:
             frame = frame.assign(_cluster=cluster)

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ._deps import CohortDataError, new_axes, require
+from ..errors import CohortDataError
+from ..extras import require
+from ._deps import FEATURE, new_axes
 from .table import design, sex_male, to_binary
 
 KM_GROUPS = ("tertiles", "sign")
@@ -99,7 +101,7 @@ class GapCoxFitter:
         CohortDataError
             Missing columns, non-positive times, non-binary events, too few events.
         """
-        pd = require("pandas")
+        pd = require("pandas", "analysis", FEATURE)
         for col in (duration_col, event_col, gap_col, age_col, *([sex_col] if sex_col else [])):
             if col not in df.columns:
                 raise CohortDataError(f"no column {col!r} in the cohort table")
@@ -132,11 +134,11 @@ class GapCoxFitter:
                                   "predictors (< 10 per predictor); estimates may be unstable")
         self.cox_ = self._cox(complete, predictors)
         b, se = float(self.cox_.params_["gap"]), float(self.cox_.standard_errors_["gap"])
-        z = float(require("scipy.stats").norm.ppf(1 - self.alpha / 2))
+        z = float(require("scipy.stats", "analysis", FEATURE).norm.ppf(1 - self.alpha / 2))
         self.hazard_ratio_ = math.exp(b)
         self.hazard_ratio_lower_ = math.exp(b - z * se)
         self.hazard_ratio_upper_ = math.exp(b + z * se)
-        self.p_value_ = float(2 * require("scipy.stats").norm.sf(abs(b / se)))
+        self.p_value_ = float(2 * require("scipy.stats", "analysis", FEATURE).norm.sf(abs(b / se)))
         if diagnostics:
             self._check_ph(complete)
             self._c_index(complete, predictors)
@@ -144,7 +146,7 @@ class GapCoxFitter:
         return self
 
     def _cox(self, frame: Any, predictors: list[str]) -> Any:
-        lifelines = require("lifelines")
+        lifelines = require("lifelines", "analysis", FEATURE)
         cols = ["_T", "_E", *predictors] + (["_cluster"] if self.cluster_col else [])
         cph = lifelines.CoxPHFitter(alpha=self.alpha)
         try:
@@ -156,7 +158,7 @@ class GapCoxFitter:
         return cph
 
     def _check_ph(self, frame: Any) -> None:
-        stats = require("lifelines.statistics")
+        stats = require("lifelines.statistics", "analysis", FEATURE)
         cols = ["_T", "_E", *self.cox_.params_.index] + (["_cluster"] if self.cluster_col else [])
         test = stats.proportional_hazard_test(self.cox_, frame[cols], time_transform="rank")
         self.ph_test_ = test.summary[["test_statistic", "p"]]
@@ -169,7 +171,7 @@ class GapCoxFitter:
                     "it or a time interaction")
 
     def _c_index(self, frame: Any, predictors: list[str]) -> None:
-        utils = require("lifelines.utils")
+        utils = require("lifelines.utils", "analysis", FEATURE)
         base = [p for p in predictors if p != "gap"]
         models = {"age": ["age"], "age+gap": ["age", "gap"], "adjusted": base}
         self.c_index_ = {"adjusted+gap": float(self.cox_.concordance_index_)}
@@ -194,8 +196,9 @@ class GapCoxFitter:
             self.c_index_gain_ci_ = (float(q[0]), float(q[1]))
 
     def _kaplan_meier(self, frame: Any) -> None:
-        lifelines, stats = require("lifelines"), require("lifelines.statistics")
-        pd = require("pandas")
+        lifelines = require("lifelines", "analysis", FEATURE)
+        stats = require("lifelines.statistics", "analysis", FEATURE)
+        pd = require("pandas", "analysis", FEATURE)
         gap = frame["gap"]
         if self.km_groups == "sign":
             groups = pd.Series(np.where(gap > 0, "gap > 0", "gap ≤ 0"), index=frame.index)
@@ -244,7 +247,7 @@ class GapCoxFitter:
         ax.set_title(f"Kaplan–Meier by age gap ({self.km_groups}); log-rank "
                      f"p={self.logrank_p_:.3g}", fontsize=10)
         if at_risk:
-            plotting = require("lifelines.plotting")
+            plotting = require("lifelines.plotting", "analysis", FEATURE)
             plotting.add_at_risk_counts(*self.km_.values(), ax=ax, fig=ax.figure,
                                         rows_to_show=["At risk"])
         return ax

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ._deps import require
+from ..extras import require
+from ._deps import FEATURE
 
 
 def simulate_cohort(n: int, seed: int, condition_effect: float = 0.0, hr_per_year: float = 1.0,
@@ -39,7 +40,7 @@ def simulate_cohort(n: int, seed: int, condition_effect: float = 0.0, hr_per_yea
         ``path, patient_id, xray_age, chronological_age, age_gap, age_gap_corrected, sex,
         view, condition, null_condition, time, event``.
     """
-    pd = require("pandas")
+    pd = require("pandas", "analysis", FEATURE)
     rng = np.random.default_rng(seed)
     age = rng.uniform(30, 85, n)
     male = rng.random(n) < 0.5

@@ -2,20 +2,26 @@
 
 Every function takes and returns a :class:`pandas.DataFrame` and raises
 :class:`CohortDataError` (a ``ValueError``) naming the column when the data cannot be used.
+This module only reads what training wrote (the predictions and their provenance sidecar,
+:mod:`xrayage.provenance`); it imports nothing from :mod:`xrayage.train`.
 """
 
 from __future__ import annotations
 
-import json
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from ._deps import CohortDataError, require
+from ..errors import CohortDataError, XRayAgeDeprecationWarning
+from ..extras import require
+from ..provenance import SIDECAR_SUFFIX as SIDECAR_SUFFIX  # re-exported (it was defined here)
+from ..provenance import provenance_status, read_provenance, sidecar_path
+from ._deps import FEATURE
 
-SIDECAR_SUFFIX = ".provenance.json"
-"""``PRED.csv`` -> ``PRED.csv.provenance.json``: how the predictions were made."""
+LEGACY_AGE_COLUMN = "chronological_age"
+"""The name of ``age_years`` in prediction files before 0.2; still read, with a warning."""
 
 _TRUE = {"1", "1.0", "true", "t", "yes", "y"}
 _FALSE = {"0", "0.0", "false", "f", "no", "n"}
@@ -62,7 +68,7 @@ class Provenance:
 
 def read_table(path: str | Path) -> Any:
     """Read a CSV, TSV or JSON-lines file into a DataFrame (strings kept as strings)."""
-    pd = require("pandas")
+    pd = require("pandas", "analysis", FEATURE)
     path = Path(path)
     if not path.is_file():
         raise CohortDataError(f"{path}: no such file")
@@ -81,7 +87,8 @@ def read_predictions(
     ----------
     path : str or Path
         CSV or JSON lines with at least ``path`` and ``xray_age`` (see
-        :data:`xrayage.predict.RECORD_FIELDS`).
+        :data:`xrayage.predict.RECORD_FIELDS`). A legacy ``chronological_age`` column is
+        read as ``age_years`` (filling its gaps if both are present) and then dropped.
     held_out : bool
         The user states that no image was in the model's training set.
     allow_in_sample : bool
@@ -94,19 +101,28 @@ def read_predictions(
     Raises
     ------
     CohortDataError
-        Missing ``xray_age`` column or no usable row.
+        Missing ``xray_age`` column, an unreadable sidecar, or no usable row.
+
+    Warns
+    -----
+    XRayAgeDeprecationWarning
+        The file names the chronological age ``chronological_age`` (before 0.2).
     """
     df = read_table(path)
     if "xray_age" not in df.columns:
         raise CohortDataError(f"{path}: no 'xray_age' column; is this `xrayage predict` output?")
+    df = _legacy_age_column(df, path)
     prov = Provenance()
-    sidecar = Path(str(path) + SIDECAR_SUFFIX)
-    if sidecar.is_file():
-        prov.details = json.loads(sidecar.read_text(encoding="utf-8"))
-        if prov.details.get("out_of_fold"):
-            prov.status, prov.source = "out-of-fold", f"sidecar {sidecar.name}"
-        elif prov.details.get("held_out"):
-            prov.status, prov.source = "held-out", f"sidecar {sidecar.name}"
+    try:
+        details = read_provenance(path)
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise CohortDataError(f"{sidecar_path(path)}: unreadable provenance sidecar "
+                              f"({exc})") from exc
+    if details is not None:
+        prov.details = details
+        status = provenance_status(details)
+        if status is not None:
+            prov.status, prov.source = status, f"sidecar {sidecar_path(path).name}"
     if prov.status == "unverified" and "fold" in df.columns and df["fold"].notna().all():
         prov.status, prov.source = "out-of-fold", "'fold' column (one model per fold)"
     if prov.status == "unverified" and held_out:
@@ -121,6 +137,19 @@ def read_predictions(
     if len(df) == 0:
         raise CohortDataError(f"{path}: no rows left (all flagged in_sample?)")
     return df.reset_index(drop=True), prov
+
+
+def _legacy_age_column(df: Any, path: str | Path) -> Any:
+    """Read a legacy ``chronological_age`` column as ``age_years``, with a warning."""
+    if LEGACY_AGE_COLUMN not in df.columns:
+        return df
+    warnings.warn(f"{path}: the column {LEGACY_AGE_COLUMN!r} is read as 'age_years', its name "
+                  "since xrayage 0.2; rename it, as the old name will stop being read",
+                  XRayAgeDeprecationWarning, stacklevel=3)
+    df = df.copy()
+    legacy = df.pop(LEGACY_AGE_COLUMN)
+    df["age_years"] = df["age_years"].fillna(legacy) if "age_years" in df.columns else legacy
+    return df
 
 
 def merge_clinical(predictions: Any, clinical: Any, on: str) -> tuple[Any, dict[str, int]]:
@@ -219,7 +248,7 @@ def to_binary(values: Any, name: str) -> Any:
     CohortDataError
         Any other value, or fewer than two levels.
     """
-    pd = require("pandas")
+    pd = require("pandas", "analysis", FEATURE)
     text = values.map(lambda v: None if pd.isna(v) else str(v).strip().lower())
     bad = sorted({v for v in text.dropna() if v not in _TRUE | _FALSE})
     if bad:
@@ -230,7 +259,7 @@ def to_binary(values: Any, name: str) -> Any:
 
 def sex_male(values: Any, name: str = "sex") -> Any:
     """Code sex as 1 male, 0 female, NaN unknown (M/F, male/female, 1/0)."""
-    pd = require("pandas")
+    pd = require("pandas", "analysis", FEATURE)
     text = values.map(lambda v: None if pd.isna(v) or str(v).strip() == ""
                       else str(v).strip().lower())
     bad = sorted({v for v in text.dropna() if v not in _MALE | _FEMALE})
@@ -241,7 +270,7 @@ def sex_male(values: Any, name: str = "sex") -> Any:
 
 def design(df: Any, columns: list[str]) -> Any:
     """Numeric design columns: numbers kept, text/categorical one-hot (first level dropped)."""
-    pd = require("pandas")
+    pd = require("pandas", "analysis", FEATURE)
     parts = []
     for col in columns:
         if col not in df.columns:

@@ -29,7 +29,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -57,12 +57,19 @@ class Dataset:
     licence: str
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready summary for the model card's ``training_data``."""
+        """A JSON-ready summary for the model card's ``training_data``.
+
+        The dataset is named by its samples' ``source`` values (``nih_cxr14``), and its spec
+        made portable (:func:`portable_spec`): a card records no path of the machine that
+        built it.
+        """
         ages = [s.age_years for s in self.samples]
+        sources = sorted({s.source for s in self.samples})
+        name = ", ".join(s for s in sources if s) or self.adapter
         return {
-            "spec": self.spec, "adapter": self.adapter, "images": len(self.samples),
-            "patients": len({s.patient_id for s in self.samples}),
-            "sources": sorted({s.source for s in self.samples}),
+            "name": name, "spec": portable_spec(self.spec), "adapter": self.adapter,
+            "images": len(self.samples), "patients": len({s.patient_id for s in self.samples}),
+            "sources": sources,
             "age_min": min(ages, default=None), "age_max": max(ages, default=None),
             "licence": self.licence,
         }
@@ -77,6 +84,28 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
         )
     path, _, query = rest.partition("?")
     return name, path, dict(parse_qsl(query, keep_blank_values=True))
+
+
+def portable_spec(spec: str) -> str:
+    """The spec with every absolute path (the data path and path options) cut to its last part.
+
+    For records that leave the machine, such as a model card: they name the file and the
+    options, never a folder of the machine that read it. Relative paths are kept.
+
+    >>> portable_spec("manifest:/srv/shared/data/manifest.csv?source=nih_cxr14")
+    'manifest:manifest.csv?source=nih_cxr14'
+    >>> portable_spec("nih:/mnt/nih/images?csv=/mnt/nih/Data_Entry_2017_v2020.csv.gz&subset=all")
+    'nih:images?csv=Data_Entry_2017_v2020.csv.gz&subset=all'
+    >>> portable_spec("manifest:data/manifest.csv")
+    'manifest:data/manifest.csv'
+    """
+    name, path, options = parse_spec(spec)
+
+    def cut(value: str) -> str:
+        return PurePath(value).name if PurePath(value).is_absolute() else value
+
+    query = "&".join(f"{k}={cut(v)}" for k, v in options.items())
+    return f"{name}:{cut(path)}" + (f"?{query}" if query else "")
 
 
 def load_dataset(spec: str, role: str = "train") -> Dataset:
@@ -117,5 +146,5 @@ def load_dataset(spec: str, role: str = "train") -> Dataset:
 
 __all__ = [
     "ADAPTERS", "FRONTAL_VIEWS", "Dataset", "Sample", "filter_samples", "load_dataset",
-    "parse_spec",
+    "parse_spec", "portable_spec",
 ]

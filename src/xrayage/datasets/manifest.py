@@ -32,7 +32,9 @@ def load(root: Path, source: str | None = None, check: str = "1") -> tuple[list[
     -------
     samples : list of Sample
     licence : str
-        The distinct ``licence`` values of the kept rows, ``"; "``-joined.
+        The kept rows' ``licence`` values, ``"; "``-joined: per source, each distinct
+        ``"; "``-separated part once, in order of appearance (a licence shared by rows that
+        differ only in a note is written once).
     """
     table = Path(root)
     if table.is_dir():
@@ -40,7 +42,8 @@ def load(root: Path, source: str | None = None, check: str = "1") -> tuple[list[
     if not table.is_file():
         raise ValueError(f"manifest: {table} not found")
     wanted = {s.strip() for s in source.split(",") if s.strip()} if source else None
-    samples, licences, skipped = [], {}, 0
+    samples, skipped = [], 0
+    licences: dict[str, dict[str, None]] = {}
     for i, row in enumerate(read_csv_rows(table)):
         if i == 0:
             require_columns(row, COLUMNS, table)
@@ -52,7 +55,9 @@ def load(root: Path, source: str | None = None, check: str = "1") -> tuple[list[
         if age is None or (check != "0" and not path.is_file()):
             skipped += 1
             continue
-        licences.setdefault(row.get("licence") or "unknown", None)
+        parts = licences.setdefault(src, {})
+        for part in (row.get("licence") or "unknown").split("; "):
+            parts.setdefault(part.strip(), None)
         samples.append(Sample(
             path=path, age_years=age, sex=normalise_sex(row.get("sex")),
             view=normalise_view(row.get("view")),
@@ -62,4 +67,4 @@ def load(root: Path, source: str | None = None, check: str = "1") -> tuple[list[
     if wanted is not None and not samples:
         raise ValueError(f"manifest: no rows with source in {sorted(wanted)} in {table}")
     logger.info("manifest: %d images, %d skipped (no age or file)", len(samples), skipped)
-    return samples, "; ".join(licences)
+    return samples, "; ".join(part for parts in licences.values() for part in parts)

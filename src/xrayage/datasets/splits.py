@@ -1,4 +1,8 @@
-"""Patient-disjoint, age-stratified, seeded train/validation/test splits."""
+"""Patient-disjoint, age-stratified, seeded train/validation/test splits.
+
+Folds for cross-fitting are assigned by :func:`xrayage.train.oof.assign_folds` (before 0.2
+``assign_folds`` lived here).
+"""
 
 from __future__ import annotations
 
@@ -110,30 +114,3 @@ def split_patients(
         split.train += ids[n_val + n_test :]
     return split
 
-
-def assign_folds(samples: Sequence[Sample], k: int, seed: int = 0) -> dict[str, int]:
-    """Patient -> fold in ``0..k-1``: patient-disjoint, balanced in age, seeded.
-
-    Patients are sorted by median age, cut into consecutive blocks of `k`, and each
-    block is dealt to the folds in a random order, so every fold spans the age range.
-
-    Examples
-    --------
-    >>> from pathlib import Path
-    >>> s = [Sample(Path(f"{i}.png"), 20.0 + i, patient_id=f"p{i // 2}") for i in range(40)]
-    >>> folds = assign_folds(s, 4, seed=0)
-    >>> sorted(np.bincount(list(folds.values())).tolist())
-    [5, 5, 5, 5]
-    """
-    if k < 2:
-        raise ValueError("crossfit needs k >= 2 folds")
-    ages = patient_ages(samples, "folds")
-    if len(ages) < k:
-        raise ValueError(f"{len(ages)} patients are too few for {k} folds")
-    rng = np.random.default_rng(seed)
-    order = sorted(ages, key=lambda p: (float(np.median(ages[p])), p))
-    folds: dict[str, int] = {}
-    for start in range(0, len(order), k):
-        for pid, fold in zip(order[start:start + k], rng.permutation(k), strict=False):
-            folds[pid] = int(fold)
-    return folds

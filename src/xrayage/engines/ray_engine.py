@@ -5,8 +5,8 @@ Pipeline (streaming; nothing is materialised in the driver):
 1. the driver lists the inputs lazily (:func:`~xrayage.inputs.expand_inputs`, skipping the
    paths already in ``-o``) into Parquet shards under ``OUT.parts/inputs``;
 2. ``read_parquet`` -> blocks of ``read_rows`` inputs -> :func:`prepare_batch` in parallel
-   tasks: read, quality check and preprocess with :meth:`XRayAge._prepare`, the local
-   engine's own code;
+   tasks: read, quality check and preprocess with :func:`~xrayage.pipeline.prepare`,
+   the local engine's own stage;
 3. :class:`ShardInference` actors (one ONNX Runtime session each, a GPU each when
    ``onnxruntime-gpu`` sees one and the cluster has GPUs) run the model with the local
    engine's batching and write each batch's rows to an atomic Parquet shard;
@@ -38,7 +38,8 @@ import numpy as np
 from ..card import ModelCard
 from ..inputs import expand_inputs
 from ..model import DEFAULT_MODEL, resolve_model_dir
-from ..predict import AgeEstimate, PredictInput, XRayAge, _Prepared
+from ..pipeline import PredictInput, Prepared, estimate_batches, prepare
+from ..predict import XRayAge
 from ..results import ResultWriter
 from .shards import leftover_shards, merge_shards, write_input_shards, write_result_shard
 
@@ -78,13 +79,6 @@ class RayOptions:
     gpu: bool | None = None
 
 
-class _CardOnly:
-    """Stands in for an :class:`~xrayage.model.AgeModel` where only the card is needed."""
-
-    def __init__(self, card: ModelCard) -> None:
-        self.card = card
-
-
 def prepare_batch(batch: Any, card: ModelCard, tta: bool) -> Any:
     """Read and preprocess a batch of inputs (a Ray Data task).
 
@@ -94,28 +88,25 @@ def prepare_batch(batch: Any, card: ModelCard, tta: bool) -> Any:
         Columns ``path`` (the row label), ``source`` (absolute path), ``age_years``, ``sex``,
         ``view``.
     card : ModelCard
-        Drives the preprocessing, exactly as in the local engine.
+        Drives the preprocessing (:func:`~xrayage.pipeline.prepare`, as in the local engine).
     tta : bool
 
     Returns
     -------
     pyarrow.Table
-        ``path``; ``estimate`` (JSON of the estimate so far: age, QC, error); ``tensor``
-        (float32 bytes of the (T, C, S, S) model input, empty when rejected or unreadable).
+        ``path``; ``estimate`` (JSON of :meth:`~xrayage.pipeline.Prepared.metadata`: age, QC,
+        failure); ``tensor`` (float32 bytes of the (T, C, S, S) model input, empty when
+        rejected or unreadable).
     """
     import pyarrow as pa
 
-    estimator = XRayAge(_CardOnly(card), tta=tta)  # type: ignore[arg-type]
     paths, estimates, tensors = [], [], []
     for row in batch.to_pylist():
         item = PredictInput(row["source"], row["path"], row["age_years"], row["sex"],
                             row.get("view"))
-        prepared = estimator._prepare(item, keep_radiograph=False)
-        est = prepared.estimate
-        paths.append(est.path)
-        estimates.append(json.dumps({k: getattr(est, k) for k in
-                                     ("path", "chronological_age", "qc_status", "qc_reasons",
-                                      "error")}))
+        prepared = prepare(item, card.preprocessing, tta=tta)
+        paths.append(prepared.estimate.path)
+        estimates.append(json.dumps(prepared.metadata()))
         tensor = prepared.tensor
         tensors.append(b"" if tensor is None else np.ascontiguousarray(tensor, "<f4").tobytes())
     return pa.table({"path": pa.array(paths, pa.string()),
@@ -150,16 +141,12 @@ class ShardInference:
         """Run one batch (the output of :func:`prepare_batch`) and write its shard."""
         import pyarrow as pa
 
-        estimates: list[AgeEstimate] = []
-        pending: list[_Prepared] = []
-        for row in batch.to_pylist():
-            est = AgeEstimate(**json.loads(row["estimate"]))
-            data = row["tensor"]
-            tensor = (np.frombuffer(data, "<f4").reshape(-1, *self.shape).copy()
-                      if data else None)
-            estimates.extend(self.estimator._collect(_Prepared(est, None, tensor), pending,
-                                                     heatmap=False))
-        estimates.extend(self.estimator._flush(pending, heatmap=False))
+        prepared = [Prepared.from_metadata(
+            json.loads(row["estimate"]),
+            np.frombuffer(row["tensor"], "<f4").reshape(-1, *self.shape).copy()
+            if row["tensor"] else None) for row in batch.to_pylist()]
+        estimates = list(estimate_batches(self.estimator.model, prepared,
+                                          batch_size=self.estimator.batch_size))
         shard = write_result_shard([e.to_record() for e in estimates], self.shard_dir)
         return pa.table({"shard": [shard.name], "rows": [len(estimates)]})
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..predict import PredictInput
+from ..pipeline import PredictInput
 from ..results import ResultWriter
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,12 @@ def input_schema() -> Any:
 
 
 def result_schema() -> Any:
-    """Arrow schema of a result shard: the columns of :data:`~xrayage.predict.RECORD_FIELDS`."""
+    """Arrow schema of a result shard: the columns of :data:`~xrayage.estimate.RECORD_FIELDS`."""
     pa, _ = _pa()
     f64, text = pa.float64(), pa.string()
     return pa.schema([
         ("path", text), ("xray_age", f64), ("xray_age_lower", f64), ("xray_age_upper", f64),
-        ("chronological_age", f64), ("age_gap", f64), ("age_gap_corrected", f64),
+        ("age_years", f64), ("age_gap", f64), ("age_gap_corrected", f64),
         ("qc_status", text), ("qc_reasons", pa.list_(text)), ("error", text),
     ])
 

@@ -5,8 +5,9 @@
 - :func:`to_fhir_observation` / :func:`to_fhir_bundle`: FHIR R4 resources,
 - :func:`render_report`: a one-page HTML report.
 
-DICOM outputs need a DICOM source: predict with ``keep_radiograph=True`` (and
-``heatmap=True`` for the images). :func:`write_clinical` writes any of them for one
+SR and FHIR need only the estimate (it carries its source's DICOM header); the images
+(Secondary Capture, report) draw on the pixels: predict with ``keep_radiograph=True`` (and
+``heatmap=True`` for the heat map). :func:`write_clinical` writes any of them for one
 estimate, as ``xrayage predict --sr/--sc/--fhir/--report`` does. highdicom and
 fhir.resources are imported only when used.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..card import ModelCard
-from ..predict import AgeEstimate
+from ..estimate import AgeEstimate
 from ._common import ClinicalOutputError, output_name
 from .dicom_sr import SRValues, read_dicom_sr, to_dicom_sr, write_dicom_sr
 from .fhir import to_fhir_bundle, to_fhir_observation, write_fhir
@@ -46,6 +47,11 @@ class ClinicalDirs:
     def needs_heatmap(self) -> bool:
         """True if an asked output shows the heat map."""
         return self.sc is not None or self.report is not None
+
+    @property
+    def needs_pixels(self) -> bool:
+        """True if an asked output draws the radiograph (``keep_radiograph=True``)."""
+        return self.needs_heatmap
 
 
 def write_clinical(estimate: AgeEstimate, card: ModelCard, dirs: ClinicalDirs) -> list[Path]:

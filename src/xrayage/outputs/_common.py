@@ -16,7 +16,7 @@ from .. import __version__
 from ..card import ModelCard
 from ..dicom import parse_patient_age
 from ..errors import MissingExtraError, XRayAgeError
-from ..predict import AgeEstimate
+from ..estimate import AgeEstimate
 from ..radiograph import Radiograph
 
 MANUFACTURER = "xrayage"
@@ -64,11 +64,13 @@ def require_radiograph(estimate: AgeEstimate, output: str) -> Radiograph:
 
 def require_dicom(estimate: AgeEstimate, output: str) -> Any:
     """Return the source DICOM header, or raise if the input was not DICOM."""
-    rg = require_radiograph(estimate, output)
-    ds = rg.dataset
-    if rg.source_format != "dicom" or ds is None:
+    src = estimate.source
+    if src is None:
+        raise ClinicalOutputError(f"{_label(estimate)}: no {output}: the input was not read")
+    ds = src.dataset
+    if src.source_format != "dicom" or ds is None:
         raise ClinicalOutputError(
-            f"{_label(estimate)}: no {output}: the input is {rg.source_format.upper()}, "
+            f"{_label(estimate)}: no {output}: the input is {src.source_format.upper()}, "
             "not DICOM; DICOM outputs need a DICOM source (its patient, study and UIDs)"
         )
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):

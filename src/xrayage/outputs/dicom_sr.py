@@ -35,7 +35,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from ..card import ModelCard
-from ..predict import AgeEstimate
+from ..estimate import AgeEstimate
 from ._common import (
     MANUFACTURER,
     ClinicalOutputError,
@@ -78,7 +78,7 @@ _FIELDS = {
     "xray_age": XRAY_AGE,
     "xray_age_lower": XRAY_AGE_LOWER,
     "xray_age_upper": XRAY_AGE_UPPER,
-    "chronological_age": CHRONOLOGICAL_AGE,
+    "age_years": CHRONOLOGICAL_AGE,
     "age_gap": AGE_GAP,
     "age_gap_corrected": AGE_GAP_CORRECTED,
 }
@@ -90,8 +90,8 @@ class SRValues:
 
     Attributes
     ----------
-    xray_age, xray_age_lower, xray_age_upper, chronological_age, age_gap, age_gap_corrected
-        float or None (None when absent from the report).
+    xray_age, xray_age_lower, xray_age_upper, age_years, age_gap, age_gap_corrected
+        float or None (``age_years`` is the chronological age) (None when absent from the report).
     algorithm_name, algorithm_version : str
     source_sop_instance_uid : str
         The radiograph the measurements were made on.
@@ -100,7 +100,7 @@ class SRValues:
     xray_age: float | None
     xray_age_lower: float | None
     xray_age_upper: float | None
-    chronological_age: float | None
+    age_years: float | None
     age_gap: float | None
     age_gap_corrected: float | None
     algorithm_name: str
@@ -115,8 +115,8 @@ def to_dicom_sr(estimate: AgeEstimate, card: ModelCard, *, series_number: int = 
     Parameters
     ----------
     estimate : AgeEstimate
-        With an X-ray age and the DICOM radiograph kept
-        (``predict_many(..., keep_radiograph=True)``).
+        With an X-ray age, of a DICOM source (its header travels in
+        :attr:`~xrayage.estimate.AgeEstimate.source`).
     card : ModelCard
         The model that made the estimate (algorithm name and version).
     series_number : int

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..card import ModelCard
-from ..predict import AgeEstimate
+from ..estimate import AgeEstimate
 from ._common import DISCLAIMER, coverage, model_label, require, require_age, software_label
 
 if TYPE_CHECKING:
@@ -53,9 +53,8 @@ def to_fhir_observation(estimate: AgeEstimate, card: ModelCard, *,
     Parameters
     ----------
     estimate : AgeEstimate
-        With an X-ray age. If it holds a DICOM radiograph
-        (``keep_radiograph=True``), the Observation references its study and
-        patient; otherwise (PNG/JPEG input) it has no subject and no derivedFrom.
+        With an X-ray age. For a DICOM source the Observation references its study
+        and patient; otherwise (PNG/JPEG input) it has no subject and no derivedFrom.
     card : ModelCard
     decimals : int
         Values are rounded to this many decimals (years).
@@ -84,9 +83,9 @@ def to_fhir_observation(estimate: AgeEstimate, card: ModelCard, *,
                              text=None if cov is None else f"{cov:.0%} prediction interval"),
             "valueRange": {"low": _years(lower, decimals), "high": _years(upper, decimals)},
         })
-    if estimate.chronological_age is not None:
+    if estimate.age_years is not None:
         components.append({"code": _concept(LOINC, "30525-0", "Age"),
-                           "valueQuantity": _years(estimate.chronological_age, decimals)})
+                           "valueQuantity": _years(estimate.age_years, decimals)})
     for key in ("age_gap", "age_gap_corrected"):
         value = getattr(estimate, key)
         if value is not None:
@@ -171,8 +170,8 @@ def _years(value: float, decimals: int) -> dict[str, Any]:
 
 def _dicom_context(estimate: AgeEstimate) -> dict[str, Any]:
     """subject, derivedFrom and effectiveDateTime from the DICOM source, if any."""
-    rg = estimate.radiograph
-    ds = rg.dataset if rg is not None and rg.source_format == "dicom" else None
+    src = estimate.source
+    ds = src.dataset if src is not None and src.source_format == "dicom" else None
     if ds is None:
         return {}
     out: dict[str, Any] = {}

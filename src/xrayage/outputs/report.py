@@ -28,10 +28,9 @@ import numpy as np
 from PIL import Image
 
 from ..card import ModelCard
+from ..estimate import AgeEstimate
 from ..explain import overlay
-from ..predict import AgeEstimate
 from ..preprocess import square
-from ..quality import check_quality
 from ._common import DISCLAIMER, coverage, model_label, software_label
 
 IMAGE_SIDE = 480
@@ -142,8 +141,8 @@ def _result(est: AgeEstimate, card: ModelCard) -> str:
         cov = coverage(card)
         label = f"{cov:.0%} interval" if cov is not None else "Interval"
         rows.append((label, f"{est.xray_age_lower:.1f} \u2013 {est.xray_age_upper:.1f} y"))
-    rows.append(("Chronological age", "unknown" if est.chronological_age is None
-                 else f"{est.chronological_age:.1f} y"))
+    rows.append(("Chronological age", "unknown" if est.age_years is None
+                 else f"{est.age_years:.1f} y"))
     if est.age_gap is not None:
         rows.append(("Age gap (X-ray \u2212 chronological)", f"{est.age_gap:+.1f} y"))
     if est.age_gap_corrected is not None:
@@ -222,15 +221,11 @@ def _ticks(span: float) -> list[float]:
 
 def _qc(est: AgeEstimate) -> str:
     esc = html.escape
-    if est.error:
-        items = [est.error]
-    elif est.radiograph is not None:
-        items = check_quality(est.radiograph).messages
-    else:
-        items = list(est.qc_reasons)
+    items = ([est.error] if est.error else
+             [f"{f.message} ({f.code})" for f in est.quality.findings])
     body = ("".join(f"<li>{esc(m)}</li>" for m in items) if items
             else "<li>No findings: header and pixels match what the model assumes.</li>")
-    status = esc(est.qc_status)
+    status = esc(est.qc_status.value)
     return f'<p>Status: <b class="qc-{status}">{status}</b></p><ul>{body}</ul>'
 
 
@@ -262,11 +257,11 @@ def _card(card: ModelCard) -> str:
 
 def _footer(est: AgeEstimate) -> str:
     parts = [f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by {software_label()}"]
-    rg = est.radiograph
-    if rg is not None and rg.study_instance_uid:
-        parts.append(f"Study {rg.study_instance_uid}")
-    if rg is not None and rg.sop_instance_uid:
-        parts.append(f"Image {rg.sop_instance_uid}")
+    src = est.source
+    if src is not None and src.study_instance_uid:
+        parts.append(f"Study {src.study_instance_uid}")
+    if src is not None and src.sop_instance_uid:
+        parts.append(f"Image {src.sop_instance_uid}")
     return " \u00b7 ".join(parts)
 
 

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from ..card import ModelCard, PreprocessSpec
+from ..estimate import AgeEstimate
 from ..explain import overlay
-from ..predict import AgeEstimate
 from ..preprocess import square
 from ._common import (
     DISCLAIMER,
@@ -96,8 +96,8 @@ def summary_lines(estimate: AgeEstimate, card: ModelCard, *, heatmap: bool = Tru
         cov = coverage(card)
         first += (f"   ({'' if cov is None else f'{cov:.0%} '}interval "
                   f"{estimate.xray_age_lower:.1f} - {estimate.xray_age_upper:.1f} y)")
-    second = ("Chronological age unknown: no gap" if estimate.chronological_age is None
-              else f"Chronological age {estimate.chronological_age:.1f} y   "
+    second = ("Chronological age unknown: no gap" if estimate.age_years is None
+              else f"Chronological age {estimate.age_years:.1f} y   "
                    f"Gap {_signed(estimate.age_gap)} y")
     if estimate.age_gap_corrected is not None:
         second += f"   Corrected gap {_signed(estimate.age_gap_corrected)} y"

@@ -1,8 +1,8 @@
 """The HTTP API and web page: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, ``/``.
 
-The service holds no logic of its own: an upload is read with
-:func:`~xrayage.io.read_radiograph` and estimated with
-:meth:`~xrayage.predict.XRayAge.predict_many`, in a bounded thread pool so the event
+The service holds no logic of its own: an upload is estimated with
+:meth:`~xrayage.predict.XRayAge.predict_many` (the pipeline's stages), and the estimate's
+typed failure picks the status code (413, 415, 400), in a bounded thread pool so the event
 loop never runs ONNX. Limits (see :mod:`xrayage.serve.limits`) are applied before a
 body is parsed. Logs name the route, status, duration and size only: never a file
 name, a header value or anything read from the image.
@@ -11,6 +11,7 @@ name, a header value or anything read from the image.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import logging
@@ -22,7 +23,6 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 from .. import __version__
-from ..errors import ImageTooLargeError, UnsupportedFormatError, XRayAgeInputError
 from ..errors import MissingExtraError as _MissingExtraError
 
 try:
@@ -33,10 +33,10 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise _MissingExtraError("the HTTP service", "serve", _exc) from _exc
 
+from ..estimate import AgeEstimate, FailureKind
 from ..explain import overlay
-from ..io import read_radiograph
-from ..predict import AgeEstimate, PredictInput, XRayAge
-from ..quality import check_quality
+from ..pipeline import PredictInput
+from ..predict import XRayAge
 from .limits import GuardMiddleware, InferencePool, Ticket
 
 logger = logging.getLogger("xrayage.serve")
@@ -64,8 +64,9 @@ class Prediction(BaseModel):
     xray_age_lower: float | None = Field(description="lower prediction limit, years")
     xray_age_upper: float | None = Field(description="upper prediction limit, years")
     interval_coverage: float | None = Field(description="nominal coverage of the interval")
-    chronological_age: float | None = Field(description="from the header or age_years, years")
-    age_gap: float | None = Field(description="xray_age - chronological_age, years")
+    age_years: float | None = Field(description="chronological age, from the header or the "
+                                    "age_years field, years")
+    age_gap: float | None = Field(description="xray_age - age_years, years")
     age_gap_corrected: float | None = Field(description="gap corrected for regression to "
                                             "the mean, years")
     qc_status: Literal["ok", "warn", "reject"]
@@ -155,7 +156,9 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
     >>> app = create_app("tests/tiny-model")  # doctest: +SKIP
     >>> import uvicorn; uvicorn.run(app)  # doctest: +SKIP
     """
-    estimator = model if isinstance(model, XRayAge) else XRayAge.load(model)
+    # a copy, so the service's pixel limit never changes the caller's estimator
+    estimator = copy.copy(model) if isinstance(model, XRayAge) else XRayAge.load(model)
+    estimator.max_pixels = max_pixels
     pool = InferencePool(workers=workers, max_queue=max_queue)
 
     @asynccontextmanager
@@ -209,7 +212,7 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
         age = age_years if age_years is not None else q_age_years
         try:
             return await pool.run(ticket, lambda: _predict(
-                estimator, data, age, sex or q_sex, options, max_pixels))
+                estimator, data, age, sex or q_sex, options))
         except _RefusedError as exc:
             logger.info("upload refused (%d): %s", exc.code, exc.detail)
             raise HTTPException(exc.code, exc.detail) from None
@@ -226,29 +229,27 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
     return app
 
 
+_STATUS = {FailureKind.TOO_LARGE: 413, FailureKind.UNSUPPORTED: 415}
+"""HTTP status of an input failure (400 for the others)."""
+
+
 def _predict(estimator: XRayAge, data: bytes, age_years: float | None, sex: str | None,
-             options: _Options, max_pixels: int) -> dict[str, Any]:
-    """Read, estimate and format one upload (runs in a worker thread)."""
-    try:
-        rg = read_radiograph(data, name="upload", max_pixels=max_pixels)
-    except ImageTooLargeError as exc:
-        raise _RefusedError(413, str(exc)) from None
-    except UnsupportedFormatError as exc:
-        raise _RefusedError(415, str(exc)) from None
-    except XRayAgeInputError as exc:
-        raise _RefusedError(400, str(exc)) from None
-    item = PredictInput(rg, "upload", age_years, sex)
-    est = next(estimator.predict_many([item], heatmap=options.heatmap, keep_radiograph=True))
+             options: _Options) -> dict[str, Any]:
+    """Estimate and format one upload (runs in a worker thread)."""
+    item = PredictInput(data, "upload", age_years, sex)
+    est = next(estimator.predict_many([item], heatmap=options.heatmap,
+                                      keep_radiograph=options.heatmap))
+    if est.failure is not None:
+        raise _RefusedError(_STATUS.get(est.failure.kind, 400), est.failure.message)
     card = estimator.card
     result: dict[str, Any] = est.to_record()
     del result["path"], result["error"]
-    used = est.radiograph if est.radiograph is not None else rg  # with the age override
-    result["qc_messages"] = check_quality(used).messages
+    result["qc_messages"] = est.quality.messages
     result["interval_coverage"] = (card.conformal.coverage
                                    if card.conformal and est.xray_age_lower is not None else None)
     result["model"] = {"name": card.name, "version": card.version}
-    if options.heatmap and est.heatmap is not None:
-        image = overlay(used.pixels, est.heatmap, card.preprocessing, max_side=768)
+    if options.heatmap and est.heatmap is not None and est.radiograph is not None:
+        image = overlay(est.radiograph.pixels, est.heatmap, card.preprocessing, max_side=768)
         buf = io.BytesIO()
         image.save(buf, "PNG")
         result["heatmap_png_base64"] = base64.b64encode(buf.getvalue()).decode("ascii")

@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MissingExtraError, XRayAgeInputError
+from ..errors import MissingExtraError
 
 try:
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -28,8 +28,8 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("the DICOM node", "serve", _exc) from _exc
 
-from ..io import read_radiograph
-from ..predict import PredictInput, XRayAge
+from ..pipeline import PredictInput
+from ..predict import XRayAge
 
 logger = logging.getLogger("xrayage.node")
 
@@ -223,16 +223,15 @@ class XRayAgeNode:
                 self._jobs.task_done()
 
     def _process(self, data: bytes) -> None:
-        try:
-            rg = read_radiograph(data, name="instance")
-        except XRayAgeInputError as exc:
-            self.stats.add("unreadable")
-            logger.info("instance not readable as a radiograph, not answered: %s", exc)
-            return
-        tag = instance_tag(rg.sop_instance_uid)
         est = next(self.estimator.predict_many(
-            [PredictInput(rg, f"instance {tag}")], heatmap=self.send_sc,
-            keep_radiograph=True))
+            [PredictInput(data, "instance")], heatmap=self.send_sc,
+            keep_radiograph=self.send_sc))
+        if est.failure is not None and est.source is None:
+            self.stats.add("unreadable")
+            logger.info("instance not readable as a radiograph, not answered: %s",
+                        est.failure.message)
+            return
+        tag = instance_tag(est.source.sop_instance_uid if est.source is not None else None)
         if est.xray_age is None:
             self.stats.add("rejected")
             logger.info("instance %s: %s by the quality checks (%s), not answered", tag,

@@ -32,6 +32,8 @@ import numpy as np
 from .. import __version__
 from ..card import PreprocessSpec
 from ..datasets.base import Sample
+from ..pipeline import PredictInput, prepare
+from ..quality import IMAGE_CHECKS
 
 logger = logging.getLogger(__name__)
 
@@ -54,30 +56,27 @@ def file_id(path: str | Path) -> str:
 
 
 def decode_one(path: str, spec: PreprocessSpec, qc: bool = True) -> tuple[str, Any]:
-    """Read and preprocess one image.
+    """Read and square one image through :func:`xrayage.pipeline.prepare`, as inference does.
+
+    The quality checks are :data:`~xrayage.quality.IMAGE_CHECKS` (which ages to train on is
+    the dataset filter's business, see ``--adults-only``), or none when `qc` is False.
 
     Returns
     -------
     (status, value)
         ``("ok", uint8 (S, S))``, ``("failed", message)`` or ``("rejected", reasons)``.
     """
-    from ..io import read_radiograph
-    from ..preprocess import to_square
-    from ..quality import check_header, check_pixels, check_quality
-
     try:
-        rg = read_radiograph(path)
-        if qc:
-            # Age is the dataset's business (see --adults-only), not the cache's.
-            report = check_quality(rg, checks=[check_header, check_pixels])
-            if report.status.value == "reject":
-                return "rejected", report.reasons
-        img = to_square(rg.pixels, spec)
-    except ValueError as exc:  # XRayAgeInputError and friends
-        return "failed", str(exc)
-    except Exception as exc:  # a corrupt file must not stop a 100k-image build
+        prepared = prepare(PredictInput(path, path), spec,
+                           checks=IMAGE_CHECKS if qc else [])
+    except Exception as exc:  # a bug on one odd file must not stop a 100k-image build
         return "failed", f"{type(exc).__name__}: {exc}"
-    return "ok", np.round(img * 255.0).astype(np.uint8)
+    est = prepared.estimate
+    if est.error is not None:
+        return "failed", est.error
+    if prepared.square is None:
+        return "rejected", est.qc_reasons
+    return "ok", np.round(prepared.square * 255.0).astype(np.uint8)
 
 
 def _decode_star(args: tuple[str, PreprocessSpec, bool]) -> tuple[str, Any]:

@@ -13,7 +13,6 @@ folded into the head's weights.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from collections.abc import Sequence
@@ -23,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibration import fit_bias_correction
-from ..cohort.table import SIDECAR_SUFFIX
 from ..datasets import Sample
 from .cache import ImageCache
 from .fit import TrainConfig, prepare
+from .oof import assign_folds, write_oof
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +63,25 @@ def extract_features(model: Any, images: np.ndarray, spec: Any, batch_size: int 
     return np.concatenate(out)
 
 
-def _solve(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
+def solve_ridge(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
     """Ridge coefficients (standardised x, centred y) for each alpha, via one
     decomposition: of the images' Gram matrix when there are more features than images
-    (the dual form), else an SVD of x."""
+    (the dual form), else an SVD of x.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        (N, F) standardised features.
+    y : numpy.ndarray
+        (N,) centred targets.
+    alphas : sequence of float
+        Penalties.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        The (F,) coefficients ``(x'x + alpha I)^-1 x'y`` for each alpha.
+    """
     if x.shape[0] < x.shape[1]:
         e, v = np.linalg.eigh(x @ x.T)
         vty, e = v.T @ y, np.clip(e, 0.0, None)
@@ -79,16 +92,9 @@ def _solve(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> list[np.nda
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (1 where a column is constant)."""
     mean, sd = x.mean(axis=0), x.std(axis=0)
     return mean, np.where(sd > 1e-12, sd, 1.0)
-
-
-def patient_folds(patients: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
-    """Fold label per image: patients shuffled (seeded) and dealt to `k` folds."""
-    names = np.array(sorted(set(patients)))
-    fold_of = dict(zip(np.random.default_rng(seed).permutation(names),
-                       np.arange(len(names)) % k, strict=True))
-    return np.array([fold_of[p] for p in patients])
 
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
@@ -107,7 +113,7 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
     for k in np.unique(fold):
         tr, va = fold != k, (fold == k) & scored
         mean, sd = _standardise(x[tr])
-        coefs = _solve((x[tr] - mean) / sd, y[tr] - y[tr].mean(), alphas)
+        coefs = solve_ridge((x[tr] - mean) / sd, y[tr] - y[tr].mean(), alphas)
         for i, coef in enumerate(coefs):
             preds[i, va] = ((x[va] - mean) / sd) @ coef + y[tr].mean()
     mae = np.abs(preds - y)[:, scored].mean(axis=1)
@@ -118,7 +124,7 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
 def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
     """Ridge on raw features (standardised inside): weights and intercept, in years."""
     mean, sd = _standardise(x)
-    weight = _solve((x - mean) / sd, y - y.mean(), [alpha])[0] / sd
+    weight = solve_ridge((x - mean) / sd, y - y.mean(), [alpha])[0] / sd
     return weight, float(y.mean() - weight @ mean)
 
 
@@ -147,6 +153,12 @@ def crossfit_ridge(x: np.ndarray, y: np.ndarray, patients: Sequence[str], copies
         Ages of the images.
     patients : sequence of str
         Patient id per image.
+    copies : int
+        Rows of `x` per image (1 + augmented views).
+    folds : int
+        Outer (and inner) folds, assigned by :func:`~xrayage.train.oof.assign_folds`
+        (balanced in age; the inner ones with ``seed + 1``).
+    seed : int
 
     Returns
     -------
@@ -156,12 +168,12 @@ def crossfit_ridge(x: np.ndarray, y: np.ndarray, patients: Sequence[str], copies
         The penalty chosen in each outer fold.
     """
     n = len(y)
-    outer = patient_folds(patients, folds, seed)
+    outer = assign_folds(patients, folds, ages=y, seed=seed)
     oof, alphas = np.zeros(n), []
     for k in range(folds):
         tr = np.flatnonzero(outer != k)
         rows = np.concatenate([tr + c * n for c in range(copies)])
-        inner = patient_folds([patients[i] for i in tr], folds, seed + 1)
+        inner = assign_folds([patients[i] for i in tr], folds, ages=y[tr], seed=seed + 1)
         alpha, _ = choose_alpha(x[rows], np.tile(y[tr], copies), np.tile(inner, copies),
                                 scored=np.arange(len(rows)) < len(tr))
         weight, bias = _ridge(x[rows], np.tile(y[tr], copies), alpha)
@@ -175,10 +187,10 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
 
     With ``cfg.ridge_crossfit``, also score the recipe on the training images by
     :func:`crossfit_ridge` and write the out-of-fold predictions to
-    ``probe_oof.csv`` (``path, patient_id, age_years, xray_age, age_gap,
-    age_gap_corrected, sex, view, fold``, with a ``probe_oof.csv.provenance.json`` sidecar
+    ``probe_oof.csv`` by :func:`~xrayage.train.oof.write_oof` (the columns
+    :data:`~xrayage.train.oof.OOF_FIELDS`, with a ``probe_oof.csv.provenance.json`` sidecar
     that marks it out-of-fold for ``xrayage analyze``): the validation of a model trained on
-    every image.
+    every image. Folds are assigned by :func:`~xrayage.train.oof.assign_folds`.
 
     Returns
     -------
@@ -204,7 +216,7 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     copies = 1 + cfg.ridge_views
     parts = {}
     for role in ("train", "val"):
-        found, images = _images(cache, split.assign(samples, role))
+        found, images = cached_images(cache, split.assign(samples, role))
         # the training images' augmented views (seeds seed+1, ...) follow the originals;
         # they join the fit, never the score
         x = np.concatenate([
@@ -215,7 +227,7 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     if len(y) < 2 * folds:
         raise ValueError(f"{len(y)} training images are too few for a {folds}-fold ridge probe")
     patients = [s.patient_id for s in train]
-    fold = patient_folds(patients, folds, cfg.seed)
+    fold = assign_folds(patients, folds, ages=y, seed=cfg.seed)
     alpha, oof = choose_alpha(x, np.tile(y, copies), np.tile(fold, copies),
                               scored=np.arange(len(x)) < len(y))
     set_head(module.net, x, np.tile(y, copies), alpha)
@@ -223,8 +235,13 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
         np.abs(oof - y).mean()), "probe_train_images": len(y), "probe_views": copies}
     if cfg.ridge_crossfit:
         oof, alphas = crossfit_ridge(x, y, patients, copies, folds, cfg.seed)
-        _write_oof(out / "probe_oof.csv", train, oof, fold,
-                   {"k": folds, "seed": cfg.seed, "alphas": alphas, "views": copies - 1})
+        # crossfit_ridge's outer folds are `fold` (same patients, ages and seed)
+        write_oof(out / "probe_oof.csv",
+                  [{"path": str(s.path), "patient_id": s.patient_id, "fold": int(f),
+                    "age_years": s.age_years, "xray_age": float(p), "sex": s.sex,
+                    "view": s.view} for s, p, f in zip(train, oof, fold, strict=True)],
+                  method="xrayage.train.probe.crossfit_ridge", k=folds, seed=cfg.seed,
+                  nested=True, alphas=alphas, views=copies - 1)
         result.update(probe_crossfit_mae=float(np.abs(oof - y).mean()),
                       probe_crossfit_alphas=alphas)
     xv, yv, _ = parts["val"]
@@ -247,28 +264,16 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     return path
 
 
-def _write_oof(path: Path, samples: list[Sample], pred: np.ndarray, fold: np.ndarray,
-               details: dict[str, Any]) -> None:
-    """Write out-of-fold rows with their raw and corrected gaps, ready for ``analyze``.
+def cached_images(cache: ImageCache, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
+    """The cached images of `samples`.
 
-    The bias correction is fitted on the pooled out-of-fold predictions, as ``xrayage
-    crossfit`` does, and recorded in the provenance sidecar."""
-    age = np.array([s.age_years for s in samples], float)
-    bc = fit_bias_correction(pred, age)
-    with open(path, "w", newline="") as handle:
-        w = csv.writer(handle)
-        w.writerow(["path", "patient_id", "age_years", "xray_age", "age_gap",
-                    "age_gap_corrected", "sex", "view", "fold"])
-        w.writerows([str(s.path), s.patient_id, a, float(p), round(float(p - a), 2),
-                     round(bc.corrected_gap(float(p), a), 2), s.sex, s.view, int(k)]
-                    for s, a, p, k in zip(samples, age, pred, fold, strict=True))
-    sidecar = {"out_of_fold": True, "patient_disjoint": True, "nested": True,
-               "method": "xrayage.train.probe.crossfit_ridge", **details,
-               "bias_correction": {"slope": bc.slope, "intercept": bc.intercept, "n": bc.n,
-                                   "fitted_on": "pooled out-of-fold predictions"}}
-    Path(str(path) + SIDECAR_SUFFIX).write_text(json.dumps(sidecar, indent=1) + "\n")
-
-
-def _images(cache: ImageCache, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
+    Returns
+    -------
+    found : list of Sample
+        The samples in the cache, in order (others, which failed to decode or were
+        rejected, are left out).
+    images : numpy.ndarray
+        uint8 (len(found), S, S), or an empty array when none was found.
+    """
     found, where = cache.locate(samples)
     return found, np.stack([cache.image(int(a), int(b)) for a, b in where]) if found else where

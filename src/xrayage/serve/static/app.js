@@ -45,8 +45,8 @@ function show(result) {
   $("interval").textContent = result.xray_age_lower === null
     ? ""
     : `${Math.round(100 * result.interval_coverage)}% interval ${fmt(result.xray_age_lower)}–${fmt(result.xray_age_upper)} years`;
-  $("chrono").textContent = result.chronological_age === null
-    ? "unknown (type it in to get a gap)" : fmt(result.chronological_age) + " years";
+  $("chrono").textContent = result.age_years === null
+    ? "unknown (type it in to get a gap)" : fmt(result.age_years) + " years";
   $("gap").textContent = signed(result.age_gap);
   $("gap-corrected").textContent = signed(result.age_gap_corrected);
   $("qc-status").textContent = result.qc_status;
