@@ -22,7 +22,9 @@ Each repeat runs every engine once over all N files, in a rotated order (A B C, 
 ...), after one warm-up pass each, so that drift in machine load hits all engines alike.
 Library thread pools are capped at ``--threads`` (OpenMP/BLAS, OpenCV, torch); with
 ``--workers`` > 1 the images go through a thread pool of that size instead of one loop.
-Prints the median images/s per engine and the median of the per-repeat ratios.
+Prints the median images/s per engine, the median of the per-repeat ratios, and the minor
+page faults per image (fresh memory the allocator had to map: a cost that depends on what
+else the process holds, so all engines run in one process).
 """
 
 from __future__ import annotations
@@ -110,8 +112,19 @@ def xrv_engines(size: int, threads: int) -> tuple[dict[str, Engine], list[str]]:
     return {f"xrv-{e}": make(e) for e in engines}, notes
 
 
-def one_pass(engine: Engine, paths: list[str], pool: ThreadPoolExecutor | None) -> float:
-    """Images/s of `engine` over all `paths`."""
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def one_pass(engine: Engine, paths: list[str],
+             pool: ThreadPoolExecutor | None) -> tuple[float, float]:
+    """Images/s of `engine` over all `paths`, and its minor page faults per image."""
+    faults = minor_faults()
     start = time.perf_counter()
     if pool is None:
         for path in paths:
@@ -119,7 +132,8 @@ def one_pass(engine: Engine, paths: list[str], pool: ThreadPoolExecutor | None) 
     else:
         for _ in pool.map(engine, paths):
             pass
-    return len(paths) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return len(paths) / seconds, (minor_faults() - faults) / len(paths)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,20 +175,24 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:  # warm-up: imports, page cache, allocator
         one_pass(engines[name], paths, pool)
     rates: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(args.repeats):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
-            rates[name].append(one_pass(engines[name], paths, pool))
+            rate, fault = one_pass(engines[name], paths, pool)
+            rates[name].append(rate)
+            faults[name].append(fault)
         print(f"  repeat {rep + 1}: " + "  ".join(f"{n} {rates[n][-1]:6.1f}" for n in names),
               flush=True)
     if pool is not None:
         pool.shutdown()
 
-    print(f"\n{'engine':12s} {'median img/s':>12s} {'min':>7s} {'max':>7s} {'ms/img':>7s}")
+    print(f"\n{'engine':12s} {'median img/s':>12s} {'min':>7s} {'max':>7s} {'ms/img':>7s} "
+          f"{'faults/img':>10s}")
     for name in names:
         med = statistics.median(rates[name])
         print(f"{name:12s} {med:12.1f} {min(rates[name]):7.1f} {max(rates[name]):7.1f} "
-              f"{1000 / med:7.2f}")
+              f"{1000 / med:7.2f} {statistics.median(faults[name]):10.0f}")
     if "xrayage" in rates:
         for name in names[1:]:
             ratio = statistics.median(a / b for a, b in zip(rates["xrayage"], rates[name],

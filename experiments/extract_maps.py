@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: N812
 from xrayage.train.augment import AugmentConfig, augment, normalize, to_float
 from xrayage.train.fit import TrainConfig, prepare
 from xrayage.train.model import AgeNet
-from xrayage.train.probe import _images
+from xrayage.train.probe import cached_images
 
 REPO = Path(__file__).resolve().parents[1]
 TAPS = [f"block{i}" for i in range(3, 11)]
@@ -99,7 +99,7 @@ def main() -> None:
     spec = cfg.spec()
     arrays: dict[str, np.ndarray] = {}
     for role in ("ext",) if external else ("train", "val"):
-        found, images = _images(cache, samples if external else split.assign(samples, role))
+        found, images = cached_images(cache, samples if external else split.assign(samples, role))
         if a.equalize:
             images = equalized(images, a.equalize)
         parts: list[dict[str, np.ndarray]] = []
@@ -119,7 +119,7 @@ def main() -> None:
             arrays[f"{role}_{k}"] = np.concatenate([q[k] for q in parts])
         arrays[f"{role}_age"] = np.array([s.age_years for s in found])
         arrays[f"{role}_patient"] = np.array([s.patient_id for s in found])
-        arrays[f"{role}_sex"] = np.array([s.sex for s in found])
+        arrays[f"{role}_sex"] = np.array([s.sex or "" for s in found])  # "": unknown
         arrays[f"{role}_view"] = np.array([s.view for s in found])
         arrays[f"{role}_path"] = np.array([str(s.path) for s in found])
     arrays["channels"] = np.array(net.channels)

@@ -21,7 +21,8 @@ import torch
 
 from xrayage.datasets.splits import Split
 from xrayage.train.fit import TrainConfig, prepare
-from xrayage.train.probe import fit_linear_probe, patient_folds
+from xrayage.train.oof import assign_folds
+from xrayage.train.probe import fit_linear_probe
 
 REPO = Path(__file__).resolve().parents[1]
 TAPS = [f"block{i}" for i in range(3, 11)]
@@ -48,7 +49,7 @@ def main() -> None:
     from xrayage.train.module import AgeModule
 
     outer = Split.load(a.run / "split.json")
-    fold = patient_folds(outer.train, 5, 0)
+    fold = assign_folds(outer.train, 5, seed=0)  # one row per patient
     inner = Split(train=[q for q, f in zip(outer.train, fold, strict=True) if f != a.fold],
                   val=[q for q, f in zip(outer.train, fold, strict=True) if f == a.fold])
     run = a.out / "run"

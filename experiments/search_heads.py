@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from xrayage.train.probe import patient_folds
+from xrayage.train.oof import assign_folds
 
 RATIOS = np.logspace(-5, 2, 36)
 """Penalties searched, relative to the mean diagonal of the centred Gram matrix."""
@@ -129,7 +129,7 @@ def nested(
     keeps that share of each outer training set's patients (a learning curve); `l1` fits
     absolute error instead of squared error."""
     n = len(y)
-    outer = patient_folds(list(patients), 5, 0)
+    outer = assign_folds(list(patients), 5, ages=y, seed=0)
     extra = np.arange(len(y_extra) if y_extra is not None else 0) + copies * n
     y_all = np.concatenate([np.tile(y, copies), y_extra if y_extra is not None else []])
     rng = np.random.default_rng(2)
@@ -147,7 +147,7 @@ def nested(
             keep = rng.choice(names, round(fraction * len(names)), replace=False)
             tr = tr[np.isin(patients[tr], keep)]
         te = np.flatnonzero(outer == o)
-        inner = patient_folds(list(patients[tr]), 5, 1)
+        inner = assign_folds(list(patients[tr]), 5, ages=y[tr], seed=1)
         oof = np.zeros((len(ratios), len(tr)))
         for i in range(5):
             a, b = views(tr[inner != i]), tr[inner == i]
@@ -166,7 +166,7 @@ def nested(
 def report(
     name: str, y: np.ndarray, pred: np.ndarray, patients: np.ndarray, t: float, note: str = ""
 ) -> None:
-    fold = patient_folds(list(patients), 5, 0)
+    fold = assign_folds(list(patients), 5, ages=y, seed=0)
     noskill = np.concatenate([np.abs(y[fold == k] - np.median(y[fold != k])) for k in range(5)])
     print(
         f"| {name} | {np.abs(pred - y).mean():.2f} | {np.corrcoef(pred, y)[0, 1]:.3f} | "
@@ -243,7 +243,7 @@ def external(
     n = len(y) * len(sources)
     k = grams(x, np.arange(len(x[0])) < n)
     fold, y_all = (
-        np.tile(patient_folds(list(patients), 5, 0), len(sources)),
+        np.tile(assign_folds(list(patients), 5, ages=y, seed=0), len(sources)),
         np.tile(y, len(sources)),
     )
     first = np.arange(n) < len(y)

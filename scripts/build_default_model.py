@@ -70,8 +70,9 @@ def _validation(rows: list[dict], median: float) -> dict:
 
     out, groups = score(rows, median)
     patients = [str(r["patient_id"]) for r in rows]
-    ci = bootstrap_ci([float(r["age_years"]) for r in rows],
-                      [float(r["xray_age"]) for r in rows], patients, seed=SEED)
+    ci = bootstrap_ci(age_years=[float(r["age_years"]) for r in rows],
+                      xray_age=[float(r["xray_age"]) for r in rows], clusters=patients,
+                      seed=SEED)
     return {**out, "ci95": ci, "patients": len(set(patients)), "groups": groups}
 
 
@@ -112,9 +113,9 @@ def main() -> None:
     with open(run / "probe_oof.csv", newline="") as handle:
         oof = list(csv.DictReader(handle))
     card = calibrate_card(ModelCard.load(args.out),
-                          np.array([float(r["xray_age"]) for r in oof]),
-                          np.array([float(r["age_years"]) for r in oof]),
-                          [r["patient_id"] for r in oof], 0.9, SEED)
+                          xray_age=np.array([float(r["xray_age"]) for r in oof]),
+                          age_years=np.array([float(r["age_years"]) for r in oof]),
+                          groups=[r["patient_id"] for r in oof], coverage=0.9, seed=SEED)
     validation = _validation(oof, median)
     validation["method"] = (
         "nested 5-fold patient-disjoint cross-fitting of the whole recipe on the training "

@@ -20,7 +20,7 @@ SPEC = PreprocessSpec(image_size=64)
 
 
 @pytest.fixture
-def samples(tmp_path: Path) -> list[Sample]:
+def samples(tmp_path: Path, shared_data: Path) -> list[Sample]:
     real = load_dataset(f"manifest:{write_nih_subset(tmp_path, 6)}").samples
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)

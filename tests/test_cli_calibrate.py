@@ -10,17 +10,18 @@ import pytest
 
 from xrayage.card import ModelCard
 from xrayage.cli.main import main
+from xrayage.errors import XRayAgeDeprecationWarning
 
 from .onnx_factory import build_tiny_model
 
 
-def write_predictions(path: Path, n: int, seed: int = 0) -> None:
+def write_predictions(path: Path, n: int, seed: int = 0, age_column: str = "age_years") -> None:
     rng = np.random.default_rng(seed)
     age = rng.uniform(20, 90, n)
     pred = 0.7 * age + 15 + rng.normal(0, 6, n)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "xray_age", "chronological_age", "qc_status"])
+        writer.writerow(["path", "xray_age", age_column, "qc_status"])
         for i in range(n):
             writer.writerow([f"img{i}.png", f"{pred[i]:.2f}", f"{age[i]:.1f}", "ok"])
         writer.writerow(["rejected.png", "", "12.0", "reject"])
@@ -36,9 +37,17 @@ def test_calibrate_updates_card(tmp_path: Path) -> None:
     assert card.bias_correction.slope == pytest.approx(0.7, abs=0.05)
     assert card.bias_correction.n == 600
     rows = list(csv.DictReader(open(tmp_path / "held_out.csv")))[:600]  # noqa: SIM115
-    scores = sorted(abs(float(r["xray_age"]) - float(r["chronological_age"])) for r in rows)
+    scores = sorted(abs(float(r["xray_age"]) - float(r["age_years"])) for r in rows)
     assert card.conformal.quantile == scores[int(np.ceil(601 * 0.9)) - 1]
     assert 0.85 <= card.conformal.empirical_coverage <= 0.95
+
+
+def test_calibrate_reads_the_legacy_age_column_with_a_warning(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m", conformal=False, bias=False)
+    write_predictions(tmp_path / "old.csv", 100, age_column="chronological_age")
+    with pytest.warns(XRayAgeDeprecationWarning, match="'chronological_age'"):
+        assert main(["calibrate", str(model_dir), str(tmp_path / "old.csv")]) == 0
+    assert ModelCard.load(model_dir).bias_correction.n == 100
 
 
 def test_calibrate_needs_enough_rows(tmp_path: Path) -> None:

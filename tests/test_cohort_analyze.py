@@ -21,7 +21,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     df.loc[df.null_condition == 1, "findings"] += "|Mass"
     df.loc[0, "qc_status"] = "reject"
     pred = tmp / "pred.csv"
-    df[["path", "xray_age", "chronological_age", "age_gap", "age_gap_corrected",
+    df[["path", "xray_age", "age_years", "age_gap", "age_gap_corrected",
         "qc_status"]].to_csv(pred, index=False)
     clin = tmp / "clinical.csv"
     df.assign(image=df.path.str.replace(".png", ""))[

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from xrayage.cohort import CohortDataError, expand_findings, merge_clinical, read_predictions
-from xrayage.cohort._deps import require
 from xrayage.cohort.table import design, sex_male, to_binary
-from xrayage.errors import MissingExtraError
+from xrayage.errors import MissingExtraError, XRayAgeDeprecationWarning
+from xrayage.extras import require
 
 
 def write(tmp_path: Path, **columns: list[object]) -> Path:
@@ -50,6 +50,25 @@ def test_in_sample_rows_dropped_unless_allowed(tmp_path: Path) -> None:
     assert len(df) == 2 and prov.n_in_sample_dropped == 1 and prov.trusted
     df, prov = read_predictions(path, allow_in_sample=True)
     assert len(df) == 3 and prov.n_in_sample_kept == 1 and not prov.trusted
+
+
+def test_unreadable_sidecar(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    Path(str(path) + ".provenance.json").write_text("[1, 2]")
+    with pytest.raises(CohortDataError, match="unreadable provenance sidecar"):
+        read_predictions(path)
+
+
+def test_legacy_chronological_age_is_read_as_age_years(tmp_path: Path) -> None:
+    path = write(tmp_path, chronological_age=[40.0, None, 60.0])
+    with pytest.warns(XRayAgeDeprecationWarning, match="'chronological_age' is read as"):
+        df, _ = read_predictions(path)
+    assert "chronological_age" not in df.columns
+    assert df["age_years"].tolist()[::2] == [40.0, 60.0]
+    both = write(tmp_path, chronological_age=[40.0, 50.0, 60.0], age_years=[41.0, None, None])
+    with pytest.warns(XRayAgeDeprecationWarning):
+        df, _ = read_predictions(both)
+    assert df["age_years"].tolist() == [41.0, 50.0, 60.0]
 
 
 def test_missing_xray_age_column(tmp_path: Path) -> None:
@@ -113,4 +132,4 @@ def test_design_one_hot_keeps_missing() -> None:
 
 def test_missing_extra_names_the_feature() -> None:
     with pytest.raises(MissingExtraError, match=r"xrayage\[analysis\]"):
-        require("xrayage_no_such_module")
+        require("xrayage_no_such_module", "analysis", "xrayage analyze")

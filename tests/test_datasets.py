@@ -159,6 +159,16 @@ def test_card_summary_names_the_data_without_local_paths(tmp_path: Path) -> None
     assert (summary["images"], summary["patients"], summary["age_max"]) == (3, 3, 60)
 
 
+def test_unknown_sex_is_none(tmp_path: Path) -> None:
+    rows = [{"path": f"{name}.png", "age_years": 40, "sex": sex, "patient_id": f"p:{name}"}
+            for name, sex in [("a", "female"), ("b", ""), ("c", "X")]]
+    for r in rows:
+        _png(tmp_path / str(r["path"]))
+    samples = load_dataset(f"manifest:{_csv(tmp_path / 'm.csv', rows)}").samples
+    assert [s.sex for s in samples] == ["F", None, None]
+    assert Sample(Path("x.png"), 40.0).sex is None
+
+
 def test_spec_errors(tmp_path: Path) -> None:
     assert parse_spec("nih:/a/b?subset=test") == ("nih", "/a/b", {"subset": "test"})
     for bad in ("nope:/x", "/just/a/path", "nih:"):

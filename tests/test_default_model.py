@@ -3,10 +3,13 @@ beats no-skill on another source it never saw (re-measured here from the shared 
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 import numpy as np
 import pytest
 
 from xrayage import XRayAge, bundled_models
+from xrayage.datasets import parse_spec
 from xrayage.evaluate import evaluate
 from xrayage.model import DEFAULT_MODEL, resolve_model_dir
 
@@ -29,6 +32,17 @@ def test_shipped_files_are_small_and_card_is_complete() -> None:
     assert validation["mae"] < 0.75 * validation["mae_no_skill"]
     low, high = validation["ci95"]["mae"]
     assert low < validation["mae"] < high
+
+
+def test_card_names_its_training_data_without_build_paths() -> None:
+    card = XRayAge.load().card
+    assert card.training_data
+    for entry in card.training_data:
+        assert entry["name"] and entry["images"] > 0 and entry["patients"] > 0
+        _, path, options = parse_spec(entry["spec"])
+        assert not any(PurePath(v).is_absolute() for v in (path, *options.values()))
+        parts = entry["licence"].split("; ")
+        assert len(parts) == len(set(parts))  # each licence once
 
 
 @pytest.mark.data

@@ -18,7 +18,7 @@ from .onnx_factory import build_tiny_model
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Path, Path]:
+def setup(tmp_path: Path, shared_data: Path) -> tuple[Path, Path]:
     manifest = write_nih_subset(tmp_path, 12)
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))

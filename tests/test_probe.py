@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="needs the 'train' extra")
 from xrayage.cli.main import main  # noqa: E402
 from xrayage.cohort.table import read_predictions  # noqa: E402
 from xrayage.train.model import AgeNet  # noqa: E402
-from xrayage.train.probe import _solve, choose_alpha, crossfit_ridge, set_head  # noqa: E402
+from xrayage.train.probe import choose_alpha, crossfit_ridge, set_head, solve_ridge  # noqa: E402
 
 from .conftest import write_nih_subset  # noqa: E402
 
@@ -51,7 +51,7 @@ def test_ridge_head_reproduces_least_squares() -> None:
 def test_ridge_solution_in_primal_and_dual_form(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=shape), rng.normal(size=shape[0])
-    for alpha, coef in zip((0.01, 30.0), _solve(x, y, (0.01, 30.0)), strict=True):
+    for alpha, coef in zip((0.01, 30.0), solve_ridge(x, y, (0.01, 30.0)), strict=True):
         exact = np.linalg.solve(x.T @ x + alpha * np.eye(shape[1]), x.T @ y)
         np.testing.assert_allclose(coef, exact, atol=1e-8)
 

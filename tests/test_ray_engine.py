@@ -54,7 +54,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def manifest(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """40 NIH rows (absolute paths) + a corrupt PNG, a lateral DICOM and a missing file."""
     root = tmp_path_factory.mktemp("inputs")
     path = write_nih_subset(root, 40)

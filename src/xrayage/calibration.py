@@ -2,7 +2,8 @@
 
 Both are fitted once, on predictions for images the model never trained on, and
 shipped in the model card (:class:`~xrayage.card.BiasCorrection`,
-:class:`~xrayage.card.ConformalCalibration`).
+:class:`~xrayage.card.ConformalCalibration`). Every function that takes both ages takes
+them by keyword (``xray_age=``, ``age_years=``), so they cannot be swapped silently.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 from .card import BiasCorrection, ConformalCalibration, ModelCard
 
 
-def fit_bias_correction(xray_age: np.ndarray, age_years: np.ndarray) -> BiasCorrection:
+def fit_bias_correction(*, xray_age: np.ndarray, age_years: np.ndarray) -> BiasCorrection:
     """Fit the linear age-bias correction ``xray_age ~ slope * age + intercept``.
 
     Parameters
@@ -30,7 +31,8 @@ def fit_bias_correction(xray_age: np.ndarray, age_years: np.ndarray) -> BiasCorr
 
     Examples
     --------
-    >>> bc = fit_bias_correction(np.array([40., 50., 60.]), np.array([30., 50., 70.]))
+    >>> bc = fit_bias_correction(xray_age=np.array([40., 50., 60.]),
+    ...                          age_years=np.array([30., 50., 70.]))
     >>> round(bc.slope, 3), round(bc.intercept, 3)
     (0.5, 25.0)
     """
@@ -42,6 +44,7 @@ def fit_bias_correction(xray_age: np.ndarray, age_years: np.ndarray) -> BiasCorr
 
 
 def fit_conformal(
+    *,
     xray_age: np.ndarray,
     age_years: np.ndarray,
     sigma: np.ndarray | None = None,
@@ -54,9 +57,23 @@ def fit_conformal(
     ``ceil((n + 1) * coverage) / n`` empirical quantile of the scores, which
     guarantees at least `coverage` on exchangeable new data.
 
+    Parameters
+    ----------
+    xray_age, age_years : array-like
+        Held-out predictions and chronological ages, in years (rows with a non-finite
+        value are dropped).
+    sigma : array-like, optional
+        The model's predicted standard deviations: a scaled (adaptive) interval.
+    coverage : float
+        Nominal coverage, in (0, 1).
+
+    Returns
+    -------
+    ConformalCalibration
+
     Examples
     --------
-    >>> cal = fit_conformal(np.zeros(99), np.arange(99.0), coverage=0.9)
+    >>> cal = fit_conformal(xray_age=np.zeros(99), age_years=np.arange(99.0), coverage=0.9)
     >>> cal.quantile
     89.0
     """
@@ -87,13 +104,13 @@ def interval(
     return xray_age - half, xray_age + half
 
 
-def empirical_coverage(lower: np.ndarray, upper: np.ndarray, age_years: np.ndarray) -> float:
+def empirical_coverage(*, lower: np.ndarray, upper: np.ndarray, age_years: np.ndarray) -> float:
     """Share of chronological ages inside their intervals."""
     age = np.asarray(age_years, dtype=np.float64)
     return float(np.mean((age >= np.asarray(lower)) & (age <= np.asarray(upper))))
 
 
-def split_coverage(xray_age: np.ndarray, age_years: np.ndarray, groups: list[str],
+def split_coverage(*, xray_age: np.ndarray, age_years: np.ndarray, groups: list[str],
                    coverage: float = 0.9, seed: int = 0) -> float:
     """Coverage measured out of sample: fit the interval on half of the groups (patients),
     test it on the other half, swap, and average."""
@@ -103,20 +120,22 @@ def split_coverage(xray_age: np.ndarray, age_years: np.ndarray, groups: list[str
     in_a = np.array([g in half for g in groups])
     results = []
     for fit_mask in (in_a, ~in_a):
-        cal = fit_conformal(pred[fit_mask], age[fit_mask], coverage=coverage)
+        cal = fit_conformal(xray_age=pred[fit_mask], age_years=age[fit_mask],
+                            coverage=coverage)
         half_width = cal.quantile
         inside = np.abs(age[~fit_mask] - pred[~fit_mask]) <= half_width
         results.append(float(inside.mean()))
     return float(np.mean(results))
 
 
-def calibrate_card(card: ModelCard, xray_age: np.ndarray, age_years: np.ndarray,
+def calibrate_card(card: ModelCard, *, xray_age: np.ndarray, age_years: np.ndarray,
                    groups: list[str], coverage: float = 0.9, seed: int = 0) -> ModelCard:
     """Fit the bias correction and the conformal interval on held-out predictions, and
     record them (with the split-half empirical coverage) in `card`, which is returned."""
-    card.bias_correction = fit_bias_correction(xray_age, age_years)
-    cal = fit_conformal(xray_age, age_years, coverage=coverage)
-    measured = split_coverage(xray_age, age_years, groups, coverage, seed)
+    card.bias_correction = fit_bias_correction(xray_age=xray_age, age_years=age_years)
+    cal = fit_conformal(xray_age=xray_age, age_years=age_years, coverage=coverage)
+    measured = split_coverage(xray_age=xray_age, age_years=age_years, groups=groups,
+                              coverage=coverage, seed=seed)
     card.conformal = ConformalCalibration(coverage=cal.coverage, quantile=cal.quantile,
                                           n=cal.n, empirical_coverage=round(measured, 4))
     return card

@@ -76,8 +76,15 @@ class BiasCorrection:
     intercept: float
     n: int = 0
 
-    def corrected_gap(self, xray_age: float, age_years: float) -> float:
-        """Return the corrected age gap in years."""
+    def corrected_gap(self, *, xray_age: float, age_years: float) -> float:
+        """Return the corrected age gap in years (both ages by keyword).
+
+        Examples
+        --------
+        >>> BiasCorrection(slope=0.5, intercept=25.0).corrected_gap(xray_age=60.0,
+        ...                                                         age_years=50.0)
+        10.0
+        """
         return xray_age - (self.slope * age_years + self.intercept)
 
 

@@ -135,7 +135,8 @@ def _read_raster(data: bytes, name: str, max_pixels: int) -> Radiograph:
             frames = int(getattr(image, "n_frames", 1))
             fmt = (image.format or "image").lower()
             image.load()
-            image = ImageOps.exif_transpose(image)
+            # In place: without an orientation tag this is a no-op, not a copy.
+            ImageOps.exif_transpose(image, in_place=True)
             pixels, bits, samples, colour = _raster_pixels(image)
     except ImageTooLargeError:
         raise
@@ -192,8 +193,15 @@ def _raster_pixels(image: Image.Image) -> tuple[np.ndarray, int, int, float]:
         # Scale by the effective bit depth, the fewest bits (at least 8) that hold the
         # maximum: 12-bit detector data in a 16-bit PNG reads as 12-bit, not as a nearly
         # black 16-bit image.
-        arr = np.asarray(image, dtype=np.float64)
-        bits = max(8, int(np.ceil(np.log2(float(arr.max(initial=0)) + 1.0))))
+        raw = np.asarray(image)
+        bits = max(8, int(np.ceil(np.log2(float(raw.max(initial=0)) + 1.0))))
+        if raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:
+            # Exact in float32: the division of two exact float32 operands, correctly
+            # rounded, equals the float64 quotient rounded to float32, and stays in [0, 1].
+            out = raw.astype(np.float32)
+            out /= np.float32(2.0**bits - 1)
+            return out, bits, 1, 0.0
+        arr = raw.astype(np.float64)
         return np.clip(arr / (2.0**bits - 1), 0, 1).astype(np.float32), bits, 1, 0.0
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
@@ -201,7 +209,12 @@ def _raster_pixels(image: Image.Image) -> tuple[np.ndarray, int, int, float]:
         arr = np.nan_to_num((arr - lo) / max(hi - lo, 1e-12))
         return arr.astype(np.float32), 32, 1, 0.0
     if mode in ("L", "LA", "1"):
-        gray = np.asarray(image.getchannel(0) if mode == "LA" else image.convert("L"))
-        return (gray.astype(np.float32) / 255.0), 8, 1, 0.0
+        gray = (image if mode == "L" else image.getchannel(0) if mode == "LA"
+                else image.convert("L"))
+        # One float32 buffer divided in place: the values of astype(float32) / 255.0,
+        # without a second full-size temporary.
+        out = np.asarray(gray).astype(np.float32)
+        out /= np.float32(255.0)
+        return out, 8, 1, 0.0
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     return (rgb @ LUMA).astype(np.float32), 8, 3, colour_fraction(rgb)

@@ -1,8 +1,12 @@
 """Agreement metrics between X-ray age and chronological age (numpy only).
 
+Every function that takes both ages takes them by keyword (``age_years=``, ``xray_age=``),
+so they cannot be swapped silently.
+
 Examples
 --------
->>> m = age_metrics([30.0, 50.0, 70.0], [32.0, 49.0, 69.0], train_median=50.0)
+>>> m = age_metrics(age_years=[30.0, 50.0, 70.0], xray_age=[32.0, 49.0, 69.0],
+...                 train_median=50.0)
 >>> round(m["mae"], 3), round(m["bias"], 3), round(m["mae_no_skill"], 3)
 (1.333, 0.0, 13.333)
 """
@@ -38,6 +42,7 @@ def icc1(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def age_metrics(
+    *,
     age_years: Sequence[float] | np.ndarray,
     xray_age: Sequence[float] | np.ndarray,
     train_median: float | None = None,
@@ -100,9 +105,10 @@ def age_band(age: float, edges: Sequence[float] = AGE_BANDS) -> str:
 
 
 def grouped_metrics(
+    *,
     age_years: Sequence[float] | np.ndarray,
     xray_age: Sequence[float] | np.ndarray,
-    groups: dict[str, Sequence[str]],
+    groups: dict[str, Sequence[str | None]],
     train_median: float | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """:func:`age_metrics` within each level of each grouping.
@@ -111,8 +117,8 @@ def grouped_metrics(
     ----------
     age_years, xray_age : array-like, shape (n,)
     groups : dict
-        Grouping name (``"sex"``) -> one label per sample (``""`` is reported as
-        ``"unknown"``).
+        Grouping name (``"sex"``) -> one label per sample (``None`` and ``""`` are
+        reported as ``"unknown"``).
     train_median : float, optional
 
     Returns
@@ -124,17 +130,19 @@ def grouped_metrics(
     p = np.asarray(xray_age, dtype=np.float64)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, labels in groups.items():
-        lab = np.asarray([str(v) or "unknown" for v in labels])
+        lab = np.asarray(["unknown" if v is None or str(v) == "" else str(v) for v in labels])
         if len(lab) != len(y):
             raise ValueError(f"group {name!r} has {len(lab)} labels for {len(y)} samples")
         out[name] = {
-            level: age_metrics(y[lab == level], p[lab == level], train_median)
+            level: age_metrics(age_years=y[lab == level], xray_age=p[lab == level],
+                               train_median=train_median)
             for level in sorted(set(lab.tolist()))
         }
     return out
 
 
 def bootstrap_ci(
+    *,
     age_years: Sequence[float] | np.ndarray,
     xray_age: Sequence[float] | np.ndarray,
     clusters: Sequence[str] | None = None,
@@ -146,16 +154,33 @@ def bootstrap_ci(
     Resamples clusters (patients) with replacement when given, so several images of
     one patient do not narrow the interval.
 
+    Parameters
+    ----------
+    age_years, xray_age : array-like, shape (n,)
+        Chronological and predicted ages, in years.
+    clusters : sequence of str, optional
+        Cluster (patient) of each sample; default each sample its own.
+    n_boot : int
+        Bootstrap resamples.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``{"mae": (low, high), "r": (low, high)}``.
+
     Examples
     --------
     >>> rng = np.random.default_rng(0)
     >>> age = rng.uniform(20, 80, 200)
-    >>> ci = bootstrap_ci(age, age + rng.normal(0, 5, 200))
+    >>> ci = bootstrap_ci(age_years=age, xray_age=age + rng.normal(0, 5, 200))
     >>> bool(ci["mae"][0] < 4.0 < ci["mae"][1])
     True
     """
     y = np.asarray(age_years, dtype=float)
     p = np.asarray(xray_age, dtype=float)
+    if y.shape != p.shape:
+        raise ValueError(f"age_years {y.shape} and xray_age {p.shape} differ in length")
     labels = np.asarray(clusters if clusters is not None else np.arange(len(y)).astype(str))
     names, index = np.unique(labels, return_inverse=True)
     members = [np.flatnonzero(index == i) for i in range(len(names))]

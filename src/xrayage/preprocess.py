@@ -56,9 +56,13 @@ def to_square(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if img.shape[0] != size:
         # PIL's BILINEAR widens its kernel when shrinking, so this is antialiased.
         img = np.asarray(Image.fromarray(img, mode="F").resize((size, size), Image.BILINEAR))
-    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    # clip() of float32 returns a new float32 array, never the caller's: the rounding
+    # below works in place, with the same float32 operations as round(img * 255) / 255.
+    img = np.clip(img, 0.0, 1.0)
     if spec.quantize:
-        img = np.round(img * 255.0).astype(np.float32) / 255.0
+        img *= np.float32(255.0)
+        np.round(img, out=img)
+        img /= np.float32(255.0)
     return img
 
 
@@ -90,7 +94,8 @@ def tta_views(img: np.ndarray) -> list[np.ndarray]:
     side = img.shape[0]
     pil = Image.fromarray(img.astype(np.float32), mode="F")
     crop = round(side * 0.03)
-    zoom = pil.crop((crop, crop, side - crop, side - crop)).resize((side, side), Image.BILINEAR)
+    zoom = pil.crop((crop, crop, side - crop, side - crop)).resize(
+        (side, side), Image.Resampling.BILINEAR)
     shift = round(side * 0.03)
     views = [np.asarray(zoom, dtype=np.float32)]
     for dx in (shift, -shift):

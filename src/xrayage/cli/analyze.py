@@ -30,8 +30,8 @@ from ..cohort.report import write_report
               "(repeatable; text columns are one-hot coded).")
 @click.option("--gap", type=click.Choice(["auto", "raw", "corrected"]), default="auto",
               show_default=True, help="Age gap: corrected for regression to the mean, or raw.")
-@click.option("--age", "age_col", help="Chronological age column (default chronological_age, "
-              "else age_years).")
+@click.option("--age", "age_col", help="Chronological age column (default age_years; the "
+              "legacy name chronological_age is still read).")
 @click.option("--sex", "sex_col", help="Sex column, M/F or 1/0 (default sex or sex_male).")
 @click.option("--cluster", help="Patient ID column: cluster-robust errors across images.")
 @click.option("--correction", type=click.Choice(["holm", "bh", "none"]), default="holm",

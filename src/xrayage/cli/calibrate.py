@@ -1,42 +1,73 @@
 """``xrayage calibrate MODEL_DIR HELD_OUT.csv``: fit bias correction and conformal interval.
 
 The predictions must come from images the model never trained on (a held-out split
-or out-of-fold predictions): a CSV/JSONL from ``xrayage predict`` (``xray_age``,
-``chronological_age``) or ``xrayage evaluate --predictions`` (``xray_age``,
-``age_years``, ``patient_id``). The fitted values are written into the
-model card; the ONNX file is untouched.
+or out-of-fold predictions): a CSV/JSONL from ``xrayage predict``, ``xrayage crossfit``,
+``xrayage evaluate --predictions`` or a ridge probe's ``probe_oof.csv`` (``xray_age``,
+``age_years``, and ``patient_id`` where known). Files written before 0.2 name the age
+``chronological_age``; that column is still read, with a deprecation warning. The fitted
+values are written into the model card; the ONNX file is untouched.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
 from ..calibration import calibrate_card
 from ..card import ModelCard
+from ..errors import XRayAgeDeprecationWarning
+
+LEGACY_AGE_COLUMN = "chronological_age"
+"""The name of ``age_years`` in prediction files before 0.2; still read, with a warning."""
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a CSV cell or JSON value, else None."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
 
 
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Return (xray_age, chronological_age, group) for rows that have both ages."""
+    """Return (xray_age, age_years, group) for rows that have both ages.
+
+    The group is the ``patient_id`` (else the ``path``), for the split-half coverage.
+    The age is ``age_years``, or where that is empty the legacy ``chronological_age``.
+
+    Warns
+    -----
+    XRayAgeDeprecationWarning
+        Some ages were read from the legacy ``chronological_age`` column.
+    """
     if path.suffix.lower() == ".jsonl":
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     else:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
     pred, age, group = [], [], []
+    legacy = 0
     for row in rows:
-        try:
-            p = float(row["xray_age"])
-            a = float(row.get("chronological_age") or row["age_years"])
-        except (KeyError, TypeError, ValueError):
+        p, a = _number(row.get("xray_age")), _number(row.get("age_years"))
+        if a is None and (a := _number(row.get(LEGACY_AGE_COLUMN))) is not None:
+            legacy += 1
+        if p is None or a is None:
             continue
         pred.append(p)
         age.append(a)
-        group.append(str(row.get("patient_id") or row["path"]))
+        group.append(str(row.get("patient_id") or row.get("path") or len(group)))
+    if legacy:
+        warnings.warn(f"{path}: {legacy} ages read from the column {LEGACY_AGE_COLUMN!r}, "
+                      "called 'age_years' since xrayage 0.2; rename it, as the old name "
+                      "will stop being read", XRayAgeDeprecationWarning, stacklevel=2)
     if len(pred) < 20:
         raise click.BadParameter(f"{path}: {len(pred)} rows with both ages; need at least 20")
     return np.array(pred), np.array(age), group
@@ -50,10 +81,12 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def calibrate(model_dir: Path, predictions: Path, coverage: float, seed: int) -> None:
     """Fit the age-bias correction and the conformal interval from held-out predictions."""
     pred, age, group = read_predictions(predictions)
-    card = calibrate_card(ModelCard.load(model_dir), pred, age, group, coverage, seed)
-    card.save(model_dir)
+    card = calibrate_card(ModelCard.load(model_dir), xray_age=pred, age_years=age,
+                          groups=group, coverage=coverage, seed=seed)
     bc, cal = card.bias_correction, card.conformal
-    assert bc is not None and cal is not None
+    if bc is None or cal is None:  # calibrate_card sets both; never saved half-done
+        raise click.ClickException("calibration failed: no bias correction or interval")
+    card.save(model_dir)
     click.echo(f"bias correction: xray_age ~ {bc.slope:.3f} * age + {bc.intercept:.2f} (n={bc.n})")
     click.echo(f"conformal {coverage:.0%} interval: ± {cal.quantile:.2f} y (n={cal.n}); "
                f"split-half empirical coverage {cal.empirical_coverage:.3f}")

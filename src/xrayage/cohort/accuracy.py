@@ -16,14 +16,14 @@ from ..metrics import age_band, age_metrics, grouped_metrics
 from ._deps import new_axes
 
 
-def age_accuracy(xray_age: Any, age_years: Any, sex: Any | None = None,
+def age_accuracy(*, xray_age: Any, age_years: Any, sex: Any | None = None,
                  train_median: float | None = None) -> dict[str, Any]:
     """Agreement metrics of predicted against chronological age, in years.
 
     Parameters
     ----------
     xray_age, age_years : array-like, shape (n,)
-        Paired ages; pairs with a missing value are dropped.
+        Paired ages (by keyword); pairs with a missing value are dropped.
     sex : array-like, optional
         Labels for a by-sex breakdown.
     train_median : float, optional
@@ -37,7 +37,7 @@ def age_accuracy(xray_age: Any, age_years: Any, sex: Any | None = None,
 
     Examples
     --------
-    >>> m = age_accuracy([30, 50, 70], [32, 48, 70])
+    >>> m = age_accuracy(xray_age=[30, 50, 70], age_years=[32, 48, 70])
     >>> m["n"], round(m["mae"], 3), m["bias"]
     (3, 1.333, 0.0)
     """
@@ -47,16 +47,17 @@ def age_accuracy(xray_age: Any, age_years: Any, sex: Any | None = None,
     if keep.sum() < 3:
         raise CohortDataError(f"accuracy needs at least 3 images with both ages, "
                               f"got {int(keep.sum())}")
-    groups: dict[str, Sequence[str]] = {"age_band": [age_band(a) for a in age[keep]]}
+    groups: dict[str, Sequence[str | None]] = {"age_band": [age_band(a) for a in age[keep]]}
     if sex is not None:
-        groups["sex"] = ["" if v is None or v != v else str(v)
+        groups["sex"] = [None if v is None or v != v else str(v)
                          for v in np.asarray(sex, dtype=object)[keep]]
-    out = age_metrics(age[keep], pred[keep], train_median)
-    out["by_group"] = grouped_metrics(age[keep], pred[keep], groups, train_median)
+    out = age_metrics(age_years=age[keep], xray_age=pred[keep], train_median=train_median)
+    out["by_group"] = grouped_metrics(age_years=age[keep], xray_age=pred[keep], groups=groups,
+                                      train_median=train_median)
     return out
 
 
-def plot_scatter(xray_age: Any, age_years: Any, ax: Any | None = None) -> Any:
+def plot_scatter(*, xray_age: Any, age_years: Any, ax: Any | None = None) -> Any:
     """Scatter of X-ray age against chronological age with the identity line."""
     ax = ax if ax is not None else new_axes((5.0, 5.0))
     pred, age = np.asarray(xray_age, float), np.asarray(age_years, float)
@@ -71,7 +72,7 @@ def plot_scatter(xray_age: Any, age_years: Any, ax: Any | None = None) -> Any:
     return ax
 
 
-def plot_bland_altman(xray_age: Any, age_years: Any, ax: Any | None = None) -> Any:
+def plot_bland_altman(*, xray_age: Any, age_years: Any, ax: Any | None = None) -> Any:
     """Bland–Altman plot: difference against mean, bias and 95% limits of agreement."""
     ax = ax if ax is not None else new_axes()
     pred, age = np.asarray(xray_age, float), np.asarray(age_years, float)

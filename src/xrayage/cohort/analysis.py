@@ -41,7 +41,8 @@ class AnalysisSettings:
     gap : {'auto', 'raw', 'corrected'}
         ``auto``: corrected when the column has values, else raw.
     age, sex : str, optional
-        Column names; None finds ``chronological_age``/``age_years`` and ``sex``/``sex_male``.
+        Column names; None finds ``age_years`` (or, from a clinical table, the legacy
+        ``chronological_age``) and ``sex``/``sex_male``.
     cluster : str, optional
         Patient identifier for cluster-robust errors (several images per patient).
     correction, km_groups, alpha, min_group, n_bootstrap : see the fitters.
@@ -177,12 +178,12 @@ def _resolve_columns(df: Any, s: AnalysisSettings,
                      warn: list[str]) -> tuple[Any, dict[str, str | None]]:
     """Pick the age, sex and gap columns; compute the raw gap when only ages are given."""
     pd = require("pandas", "analysis", FEATURE)
-    age = s.age or next((c for c in ("chronological_age", "age_years")
+    age = s.age or next((c for c in ("age_years", "chronological_age")
                          if c in df.columns and df[c].notna().any()), None)
     if s.age and s.age not in df.columns:
         raise CohortDataError(f"no column {s.age!r} (--age)")
     if age is None:
-        raise CohortDataError("no chronological age: add 'chronological_age' or 'age_years' "
+        raise CohortDataError("no chronological age: add an 'age_years' column "
                               "(e.g. from --clinical) or name it with --age")
     df = df.copy()
     df[age] = pd.to_numeric(df[age], errors="coerce")
@@ -217,6 +218,7 @@ def _accuracy(df: Any, columns: dict[str, str | None], result: CohortAnalysis) -
         result.warnings.append("fewer than 3 images with both ages: no accuracy block")
         return
     sex = df.loc[keep, columns["sex"]] if columns["sex"] else None
-    result.accuracy = age_accuracy(df.loc[keep, "xray_age"], age[keep], sex)
-    result.figures["scatter"] = plot_scatter(df.loc[keep, "xray_age"], age[keep])
-    result.figures["bland_altman"] = plot_bland_altman(df.loc[keep, "xray_age"], age[keep])
+    xray_age, age_years = df.loc[keep, "xray_age"], age[keep]
+    result.accuracy = age_accuracy(xray_age=xray_age, age_years=age_years, sex=sex)
+    result.figures["scatter"] = plot_scatter(xray_age=xray_age, age_years=age_years)
+    result.figures["bland_altman"] = plot_bland_altman(xray_age=xray_age, age_years=age_years)

@@ -89,7 +89,7 @@ class GapByConditionFitter:
         self.cluster_col = cluster_col
 
     def fit(self, df: Any, conditions: list[str], gap_col: str = "age_gap",
-            age_col: str = "chronological_age", sex_col: str | None = None,
+            age_col: str = "age_years", sex_col: str | None = None,
             covariates: list[str] | tuple[str, ...] = (),
             reference_col: str | None = None) -> GapByConditionFitter:
         """Fit one adjusted model per condition.

@@ -72,7 +72,7 @@ class GapCoxFitter:
         self.n_bootstrap, self.seed = n_bootstrap, seed
 
     def fit(self, df: Any, duration_col: str, event_col: str, gap_col: str = "age_gap",
-            age_col: str = "chronological_age", sex_col: str | None = None,
+            age_col: str = "age_years", sex_col: str | None = None,
             covariates: list[str] | tuple[str, ...] = (),
             diagnostics: bool = True) -> GapCoxFitter:
         """Fit the models.

@@ -37,7 +37,7 @@ def simulate_cohort(n: int, seed: int, condition_effect: float = 0.0, hr_per_yea
     Returns
     -------
     DataFrame
-        ``path, patient_id, xray_age, chronological_age, age_gap, age_gap_corrected, sex,
+        ``path, patient_id, xray_age, age_years, age_gap, age_gap_corrected, sex,
         view, condition, null_condition, time, event``.
     """
     pd = require("pandas", "analysis", FEATURE)
@@ -56,7 +56,7 @@ def simulate_cohort(n: int, seed: int, condition_effect: float = 0.0, hr_per_yea
     return pd.DataFrame({
         "path": [f"img{i:05d}.png" for i in range(n)],
         "patient_id": [f"p{i:05d}" for i in range(n)],
-        "xray_age": xray, "chronological_age": age, "age_gap": gap,
+        "xray_age": xray, "age_years": age, "age_gap": gap,
         "age_gap_corrected": xray - (slope * age + intercept),
         "sex": np.where(male, "M", "F"), "view": np.where(view_ap, "AP", "PA"),
         "condition": condition.astype(int), "null_condition": (rng.random(n) < 0.3).astype(int),

@@ -24,8 +24,8 @@ class Sample:
         Image file (DICOM, PNG or JPEG).
     age_years : float
         Chronological age at the study, in years.
-    sex : str
-        ``"M"``, ``"F"`` or ``""`` (unknown).
+    sex : {'M', 'F'} or None
+        None when unknown (as everywhere in xrayage; CSV writers write an empty cell).
     view : str
         ``"PA"``, ``"AP"``, ``"LATERAL"`` or ``""`` (unknown).
     patient_id : str
@@ -38,7 +38,7 @@ class Sample:
 
     path: Path
     age_years: float
-    sex: str = ""
+    sex: str | None = None
     view: str = ""
     patient_id: str = ""
     findings: tuple[str, ...] = field(default_factory=tuple)
@@ -119,10 +119,16 @@ def parse_float(value: str | None) -> float | None:
     return out if out is not None and math.isfinite(out) else None
 
 
-def normalise_sex(value: str | None) -> str:
-    """Map ``M/Male/F/Female`` (any case) to ``"M"``/``"F"``, anything else to ``""``."""
+def normalise_sex(value: str | None) -> str | None:
+    """Map ``M/Male/F/Female`` (any case) to ``"M"``/``"F"``, anything else to None (unknown).
+
+    Examples
+    --------
+    >>> normalise_sex(" female"), normalise_sex("O"), normalise_sex(None)
+    ('F', None, None)
+    """
     v = (value or "").strip().upper()
-    return v[0] if v[:1] in ("M", "F") and v in ("M", "F", "MALE", "FEMALE") else ""
+    return v[0] if v in ("M", "F", "MALE", "FEMALE") else None
 
 
 def normalise_view(value: str | None) -> str:

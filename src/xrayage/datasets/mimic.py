@@ -57,7 +57,7 @@ def load(
     if meta is None or pats is None:
         raise ValueError(f"mimic: need mimic-cxr-2.0.0-metadata.csv and MIMIC-IV patients.csv "
                          f"in {root} (or ?metadata=FILE&patients=FILE)")
-    people: dict[str, tuple[str, float, int]] = {}
+    people: dict[str, tuple[str | None, float, int]] = {}
     for i, row in enumerate(read_csv_rows(pats)):
         if i == 0:
             require_columns(row, PATIENT_COLUMNS, pats)

@@ -117,9 +117,10 @@ def write_result_shard(records: Sequence[dict[str, Any]], directory: str | Path)
 
 
 def read_result_shard(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a result shard, as :meth:`~xrayage.predict.AgeEstimate.to_record` gave them."""
+    """The rows of a result shard, as :meth:`~xrayage.estimate.AgeEstimate.to_record` gave them."""
     _, pq = _pa()
-    return pq.read_table(path).to_pylist()  # type: ignore[no-any-return]
+    rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+    return rows
 
 
 def merge_shards(shards: Iterable[str | Path], writer: ResultWriter,

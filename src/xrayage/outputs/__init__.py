@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..card import ModelCard
+from ..errors import ClinicalOutputError
 from ..estimate import AgeEstimate
-from ._common import ClinicalOutputError, output_name
+from ._common import output_name
 from .dicom_sr import SRValues, read_dicom_sr, to_dicom_sr, write_dicom_sr
 from .fhir import to_fhir_bundle, to_fhir_observation, write_fhir
 from .report import render_report, write_report

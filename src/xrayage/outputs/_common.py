@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from .. import __version__
 from ..card import ModelCard
 from ..dicom import parse_patient_age
-from ..errors import MissingExtraError, XRayAgeError
+from ..errors import ClinicalOutputError as ClinicalOutputError  # re-exported (was defined here)
 from ..estimate import AgeEstimate
 from ..radiograph import Radiograph
 
@@ -24,22 +22,6 @@ MANUFACTURER = "xrayage"
 
 DISCLAIMER = "NOT FOR DIAGNOSTIC USE - research software, not a medical device"
 """Shown on every human-readable output."""
-
-
-class ClinicalOutputError(XRayAgeError, ValueError):
-    """An estimate cannot be turned into the requested clinical output.
-
-    The message names the input file and the reason (no X-ray age, not a DICOM
-    source, ...); it never holds patient identifiers.
-    """
-
-
-def require(module: str, feature: str) -> ModuleType:
-    """Import `module`, or raise :class:`~xrayage.errors.MissingExtraError` naming `feature`."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtraError(feature, "clinical", exc) from exc
 
 
 def require_age(estimate: AgeEstimate, output: str) -> float:

@@ -36,13 +36,13 @@ from pydicom.uid import generate_uid
 
 from ..card import ModelCard
 from ..estimate import AgeEstimate
+from ..extras import require
 from ._common import (
     MANUFACTURER,
     ClinicalOutputError,
     coverage,
     fix_patient_age,
     quiet_person_names,
-    require,
     require_age,
     require_dicom,
     software_label,
@@ -136,7 +136,7 @@ def to_dicom_sr(estimate: AgeEstimate, card: ModelCard, *, series_number: int = 
     MissingExtraError
         highdicom is not installed.
     """
-    hd = require("highdicom", FEATURE)
+    hd = require("highdicom", "clinical", FEATURE)
     require_age(estimate, FEATURE)
     source = require_dicom(estimate, FEATURE)
     sr_module = hd.sr
@@ -204,7 +204,7 @@ def read_dicom_sr(source: str | Path | Dataset) -> SRValues:
     ClinicalOutputError
         The SR holds no X-ray age measurement group.
     """
-    hd = require("highdicom", FEATURE)
+    hd = require("highdicom", "clinical", FEATURE)
     sr = (hd.sr.srread(source) if not isinstance(source, Dataset)
           else hd.sr.Comprehensive3DSR.from_dataset(source, copy=True))
     groups = sr.content.get_image_measurement_groups(finding_type=FINDING)

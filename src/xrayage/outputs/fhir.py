@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..card import ModelCard
 from ..estimate import AgeEstimate
-from ._common import DISCLAIMER, coverage, model_label, require, require_age, software_label
+from ..extras import require
+from ._common import DISCLAIMER, coverage, model_label, require_age, software_label
 
 if TYPE_CHECKING:
     from fhir.resources.R4B.bundle import Bundle
@@ -71,7 +72,7 @@ def to_fhir_observation(estimate: AgeEstimate, card: ModelCard, *,
     MissingExtraError
         fhir.resources is not installed.
     """
-    observation = require("fhir.resources.R4B.observation", FEATURE)
+    observation = require("fhir.resources.R4B.observation", "clinical", FEATURE)
     age = require_age(estimate, FEATURE)
     components: list[dict[str, Any]] = []
     lower, upper = estimate.xray_age_lower, estimate.xray_age_upper
@@ -122,7 +123,7 @@ def to_fhir_bundle(estimate: AgeEstimate, card: ModelCard, **kwargs: Any) -> Bun
     -------
     fhir.resources.R4B.bundle.Bundle
     """
-    bundle = require("fhir.resources.R4B.bundle", FEATURE)
+    bundle = require("fhir.resources.R4B.bundle", "clinical", FEATURE)
     obs = to_fhir_observation(estimate, card, **kwargs)
     obs_url, report_url = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
     code, display = CODES["report"]

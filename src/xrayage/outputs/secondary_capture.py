@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from ..card import ModelCard, PreprocessSpec
 from ..estimate import AgeEstimate
 from ..explain import overlay
+from ..extras import require
 from ..preprocess import square
 from ._common import (
     DISCLAIMER,
@@ -28,7 +29,6 @@ from ._common import (
     fix_patient_age,
     model_label,
     quiet_person_names,
-    require,
     require_age,
     require_dicom,
     require_radiograph,
@@ -138,7 +138,7 @@ def to_secondary_capture(estimate: AgeEstimate, card: ModelCard, *,
     MissingExtraError
         highdicom is not installed.
     """
-    hd = require("highdicom", FEATURE)
+    hd = require("highdicom", "clinical", FEATURE)
     source = require_dicom(estimate, FEATURE)
     pixels = np.asarray(render_summary_image(estimate, card, max_side=max_side))
     orientation = _orientation(source)

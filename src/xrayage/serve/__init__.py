@@ -6,6 +6,14 @@
   forwards the X-ray age SR (``xrayage dicom-node``).
 
 Neither holds logic of its own: both call :meth:`xrayage.XRayAge.predict_many`.
+
+Importing this package without the ``serve`` extra raises
+:class:`~xrayage.errors.MissingExtraError`, which names the extra to install.
 """
 
 from __future__ import annotations
+
+from ..extras import require as _require
+
+for _module in ("fastapi", "pydantic", "pynetdicom"):
+    _require(_module, "serve", "the xrayage service (xrayage serve, xrayage dicom-node)")

@@ -22,17 +22,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Literal
 
+# without the 'serve' extra, importing xrayage.serve already raised MissingExtraError
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
 from .. import __version__
-from ..errors import MissingExtraError as _MissingExtraError
-
-try:
-    from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-    from fastapi.responses import FileResponse
-    from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, Field
-except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise _MissingExtraError("the HTTP service", "serve", _exc) from _exc
-
 from ..estimate import AgeEstimate, FailureKind
 from ..explain import overlay
 from ..pipeline import PredictInput
@@ -223,7 +219,7 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     known = frozenset(getattr(r, "path", "") for r in app.routes)
-    app.add_middleware(GuardMiddleware, pool=pool, api_key=api_key,  # type: ignore[arg-type]
+    app.add_middleware(GuardMiddleware, pool=pool, api_key=api_key,
                        max_upload_bytes=max_upload_bytes, timeout_s=timeout_s,
                        known_paths=known)
     return app

@@ -20,13 +20,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MissingExtraError
-
-try:
-    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingExtraError("the DICOM node", "serve", _exc) from _exc
+# without the 'serve' extra, importing xrayage.serve already raised MissingExtraError
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..pipeline import PredictInput
 from ..predict import XRayAge
@@ -140,14 +136,16 @@ class XRayAgeNode:
         self._server: Any = None
         self._ae = AE(ae_title=ae_title)
         for context in AllStoragePresentationContexts:
-            self._ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            if context.abstract_syntax is not None:
+                self._ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._ae.add_supported_context(Verification)
 
     def start(self, host: str = "127.0.0.1", port: int = 11112, block: bool = False) -> None:
         """Listen for associations; with ``block=True`` serve until interrupted."""
         self._worker = threading.Thread(target=self._work, name="xrayage-node", daemon=True)
         self._worker.start()
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store),
+                               (evt.EVT_C_ECHO, self._on_echo)]
         logger.info("DICOM node %s listening on %s:%d; forwarding to %s", self.ae_title, host,
                     port, self.forward or "nowhere (log only)")
         if block:
@@ -250,7 +248,7 @@ class XRayAgeNode:
 
     def _outputs(self, est: Any) -> list[Any]:
         card = self.estimator.card
-        objects = [self._to_sr(est, card)]
+        objects: list[Any] = [self._to_sr(est, card)]
         if self.send_sc:
             objects.append(self._to_sc(est, card))
         return objects

@@ -220,7 +220,8 @@ def _decode_all(
                 jobs = [(path, spec, qc) for _, path in chunk]
                 results = (pool.map(_decode_star, jobs, chunksize=8) if pool
                            else map(_decode_star, jobs))
-                images, lines = [], []
+                images: list[np.ndarray] = []
+                lines: list[dict[str, Any]] = []
                 for (key, path), (status, value) in zip(chunk, results, strict=True):
                     entry: dict[str, Any] = {"id": key, "path": path, "status": status}
                     if status == "ok":

@@ -226,5 +226,5 @@ def _val_metrics(model: Any, run_dir: Path, run: dict[str, Any]) -> dict[str, An
         preds.append(model.run(normalize(imgs.astype(np.float32) / 255.0, cache.spec)).age)
     if not preds:
         return None
-    return age_metrics([s.age_years for s in val], np.concatenate(preds),
-                       run.get("train_median_age"))
+    return age_metrics(age_years=[s.age_years for s in val], xray_age=np.concatenate(preds),
+                       train_median=run.get("train_median_age"))

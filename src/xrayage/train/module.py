@@ -101,7 +101,9 @@ class AgeModule(L.LightningModule):
             return F.l1_loss(age, target)
         if self.hparams["loss"] == "smooth_l1":
             return F.smooth_l1_loss(age, target, beta=2.0)
-        assert log_var is not None
+        if log_var is None:
+            raise ValueError(f"loss {self.hparams['loss']!r} needs a model with a log-variance "
+                             "output (built with loss='gaussian_nll')")
         return F.gaussian_nll_loss(age, target, log_var.clamp(-10, 12).exp(), full=False)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
