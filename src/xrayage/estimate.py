@@ -23,7 +23,7 @@ RECORD_FIELDS = (
     "age_gap", "age_gap_corrected", "qc_status", "qc_reasons", "error",
 )
 """Columns of a result row, in order (CSV header). ``age_years`` is the chronological age
-(before 0.2 the column was called ``chronological_age``)."""
+(0.1 called the column ``chronological_age``)."""
 
 
 class FailureKind(str, enum.Enum):

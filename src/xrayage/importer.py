@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from .card import ModelCard, PreprocessSpec, sha256_file
-from .errors import MissingExtraError, ModelError
+from .errors import ModelError
+from .extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,7 @@ def import_torchscript(file: str | Path, out_dir: str | Path, preset: str = "rik
     -------
     ModelCard
     """
-    try:
-        import torch
-    except ImportError as exc:
-        raise MissingExtraError("import-torchscript", "train", exc) from exc
+    torch = require("torch", "train", "xrayage import-torchscript")
     import onnxruntime as ort
 
     if preset not in PRESETS:

@@ -83,7 +83,17 @@ def _devices(value: str) -> str | int:
 @click.option("--num-nodes", type=int, default=1, show_default=True)
 @click.option("--precision", default=None, help="Default: bf16-mixed/16-mixed on GPU, else 32.")
 @click.option("--no-progress", is_flag=True)
-def train(**kw: object) -> None:
+def train(
+    data: tuple[str, ...], out: Path, backbone: str, image_size: int, channels: str,
+    square: str, epochs: int, loss: str, lr: float, weight_decay: float, batch_size: int,
+    backbone_lr_mult: float, freeze_stages: int, feature_levels: str | None,
+    taps: str | None, grid: int, head: str, ridge_views: int, ridge_crossfit: bool,
+    init_weights: Path | None, seed: int, val_fraction: float, adults_only: bool,
+    min_age: float | None, max_age: float | None, all_views: bool, hflip: bool,
+    no_augment: bool, max_steps: int, patience: int, resume: Path | None, num_workers: int,
+    cache_dir: Path | None, cache_workers: int | None, cache_only: bool, accelerator: str,
+    devices: str, strategy: str, num_nodes: int, precision: str | None, no_progress: bool,
+) -> None:
     """Train an X-ray age model on one or more datasets."""
     from ..train import require_torch
 
@@ -91,25 +101,25 @@ def train(**kw: object) -> None:
     from ..train.fit import TrainConfig, train_model
 
     cfg = TrainConfig(
-        data=list(kw["data"]), out=str(kw["out"]), backbone=str(kw["backbone"]),
-        image_size=kw["image_size"], channels=int(kw["channels"]), square=str(kw["square"]),
-        epochs=kw["epochs"], loss=str(kw["loss"]), lr=kw["lr"], weight_decay=kw["weight_decay"],
-        batch_size=kw["batch_size"], backbone_lr_mult=kw["backbone_lr_mult"],
-        freeze_stages=kw["freeze_stages"], feature_levels=parse_levels(kw["feature_levels"]),
-        taps=parse_taps(kw["taps"]), grid=kw["grid"], head=str(kw["head"]),
-        ridge_views=kw["ridge_views"], ridge_crossfit=bool(kw["ridge_crossfit"]),
-        init_weights=str(kw["init_weights"]) if kw["init_weights"] else None, seed=kw["seed"],
-        val_fraction=kw["val_fraction"], adults_only=bool(kw["adults_only"]),
-        min_age=kw["min_age"], max_age=kw["max_age"], all_views=bool(kw["all_views"]),
-        hflip=bool(kw["hflip"]), augment=not kw["no_augment"], max_steps=kw["max_steps"],
-        patience=kw["patience"],
-        resume=str(kw["resume"]) if kw["resume"] else None, num_workers=kw["num_workers"],
-        cache_dir=str(kw["cache_dir"]) if kw["cache_dir"] else None,
-        cache_workers=kw["cache_workers"], cache_only=bool(kw["cache_only"]),
-        accelerator=str(kw["accelerator"]), devices=_devices(str(kw["devices"])),
-        strategy=str(kw["strategy"]), num_nodes=kw["num_nodes"],
-        precision=kw["precision"], progress=not kw["no_progress"],
-    )  # type: ignore[arg-type]
+        data=list(data), out=str(out), backbone=str(backbone),
+        image_size=image_size, channels=int(channels), square=str(square),
+        epochs=epochs, loss=str(loss), lr=lr, weight_decay=weight_decay,
+        batch_size=batch_size, backbone_lr_mult=backbone_lr_mult,
+        freeze_stages=freeze_stages, feature_levels=parse_levels(feature_levels),
+        taps=parse_taps(taps), grid=grid, head=str(head),
+        ridge_views=ridge_views, ridge_crossfit=bool(ridge_crossfit),
+        init_weights=str(init_weights) if init_weights else None, seed=seed,
+        val_fraction=val_fraction, adults_only=bool(adults_only),
+        min_age=min_age, max_age=max_age, all_views=bool(all_views),
+        hflip=bool(hflip), augment=not no_augment, max_steps=max_steps,
+        patience=patience,
+        resume=str(resume) if resume else None, num_workers=num_workers,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        cache_workers=cache_workers, cache_only=bool(cache_only),
+        accelerator=str(accelerator), devices=_devices(str(devices)),
+        strategy=str(strategy), num_nodes=num_nodes,
+        precision=precision, progress=not no_progress,
+    )
     from .evaluate import input_errors
 
     with input_errors():

@@ -19,20 +19,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
 from ..pipeline import PredictInput
 from ..results import ResultWriter
 
 logger = logging.getLogger(__name__)
 
 
-def _pa() -> Any:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the Ray engine needs the 'cluster' extra: "
-                          "pip install 'xrayage[cluster]'") from exc
-    return pa, pq
+def _pa() -> tuple[Any, Any]:
+    """pyarrow and pyarrow.parquet (the ``cluster`` extra)."""
+    return (require("pyarrow", "cluster", "the Ray engine"),
+            require("pyarrow.parquet", "cluster", "the Ray engine"))
 
 
 def input_schema() -> Any:

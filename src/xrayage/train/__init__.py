@@ -6,14 +6,16 @@ Importing :mod:`xrayage.train` itself needs only numpy; the submodules ``model``
 
 from __future__ import annotations
 
-from ..errors import MissingExtraError
+from ..extras import require
 
 
 def require_torch(feature: str = "training") -> None:
-    """Raise :class:`~xrayage.errors.MissingExtraError` if torch, timm or lightning is missing."""
-    try:
-        import lightning  # noqa: F401
-        import timm  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise MissingExtraError(feature, "train", exc) from exc
+    """Raise :class:`~xrayage.errors.MissingExtraError` if torch, timm or lightning is missing.
+
+    Parameters
+    ----------
+    feature : str
+        What needs them, as the user knows it (``"xrayage train"``).
+    """
+    for module in ("torch", "timm", "lightning"):
+        require(module, "train", feature)
