@@ -29,6 +29,7 @@ def _fits(hr: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["hr", "lower", "upper", "p"])
 
 
+@pytest.mark.slow
 def test_planted_hazard_ratio_within_ci_at_stated_coverage() -> None:
     fits = _fits(HR)
     coverage = ((fits.lower <= HR) & (fits.upper >= HR)).mean()
@@ -37,6 +38,7 @@ def test_planted_hazard_ratio_within_ci_at_stated_coverage() -> None:
     assert math.exp(np.log(fits.hr).mean()) == pytest.approx(HR, abs=0.005)
 
 
+@pytest.mark.slow
 def test_no_hazard_where_none_planted() -> None:
     fits = _fits(1.0)
     lo, hi = band(0.05)

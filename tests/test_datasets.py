@@ -67,6 +67,7 @@ def test_nih_age_formats() -> None:
     assert parse_age("006M") == pytest.approx(0.5) and parse_age("") is None
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_chexpert_parses_real_table() -> None:
     table = MANIFEST.parent / "metadata" / "chexpert_train.csv.gz"

@@ -79,6 +79,7 @@ def local_rows(manifest: Path, model: Path, out: Path) -> str:
     return out.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_same_rows_as_local_and_resumes(local_ray: None, tiny: Path, manifest: Path,
                                         tmp_path: Path) -> None:
@@ -110,6 +111,7 @@ def _crashing_actor(marker: str) -> type[ShardInference]:
     return CrashOnce
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_lost_actor_every_row_exactly_once(local_ray: None, tiny: Path, manifest: Path,
                                            tmp_path: Path) -> None:

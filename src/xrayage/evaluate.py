@@ -168,41 +168,21 @@ def score(predictions: Sequence[dict[str, Any]], train_median: float | None = No
 
 
 def plot(result: Evaluation, directory: str | os.PathLike[str]) -> list[Path]:
-    """Write ``scatter.png`` (with identity line) and ``bland_altman.png``; return the paths."""
-    try:
-        import matplotlib
+    """Write ``scatter.png`` (with identity line) and ``bland_altman.png``; return the paths.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        from .errors import MissingExtraError
+    The plots of :mod:`xrayage.plots` (extra ``analysis``), as ``xrayage analyze`` draws them.
+    """
+    from .plots import plot_bland_altman, plot_scatter
 
-        raise MissingExtraError("evaluation plots", "train", exc) from exc
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    y = np.asarray([p["age_years"] for p in result.predictions])
-    p = np.asarray([p["xray_age"] for p in result.predictions])
+    ages = [p["age_years"] for p in result.predictions]
+    xray = [p["xray_age"] for p in result.predictions]
     m = result.metrics
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(y, p, s=8, alpha=0.6)
-    lo, hi = (float(min(y.min(), p.min())), float(max(y.max(), p.max()))) if len(y) else (0, 100)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
-    ax.set(xlabel="chronological age (years)", ylabel="X-ray age (years)",
-           title=f"n={m['n']}  MAE={m['mae']:.2f}  r={m['r']:.2f}")
-    ax.legend(loc="upper left")
+    scatter = plot_scatter(xray_age=xray, age_years=ages)
+    scatter.set_title(f"n={m['n']}  MAE={m['mae']:.2f}  r={m['r']:.2f}")
+    agreement = plot_bland_altman(xray_age=xray, age_years=ages)
     paths = [out / "scatter.png", out / "bland_altman.png"]
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    mean, diff = (y + p) / 2, p - y
-    sd = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
-    ax.scatter(mean, diff, s=8, alpha=0.6)
-    for level, style in ((m["bias"], "-"), (m["bias"] + 1.96 * sd, "--"),
-                         (m["bias"] - 1.96 * sd, "--")):
-        ax.axhline(level, color="k", ls=style, lw=1)
-    ax.set(xlabel="mean of X-ray and chronological age (years)",
-           ylabel="X-ray age − age (years)",
-           title=f"Bland–Altman: bias {m['bias']:.2f}, limits ±{1.96 * sd:.2f}")
-    fig.savefig(paths[1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    for ax, path in zip((scatter, agreement), paths, strict=True):
+        ax.figure.savefig(path, dpi=120)
     return paths

@@ -44,11 +44,11 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, spec: PreprocessSpec,
     """Return an RGB image: the squared radiograph with the CAM blended on top."""
     base = square(np.asarray(pixels, dtype=np.float32), spec.square)
     if max(base.shape) > max_side:
-        base = np.asarray(Image.fromarray(base, mode="F").resize((max_side, max_side),
-                                                                 Image.BILINEAR))
+        base = np.asarray(Image.fromarray(base, mode="F").resize(
+            (max_side, max_side), Image.Resampling.BILINEAR))
     heat = np.asarray(
         Image.fromarray(normalize_cam(cam).astype(np.float32), mode="F").resize(
-            base.shape[::-1], Image.BILINEAR), dtype=np.float64)
+            base.shape[::-1], Image.Resampling.BILINEAR), dtype=np.float64)
     rgb = (1 - alpha) * np.repeat(np.clip(base, 0, 1)[..., None], 3, axis=2)
     rgb += alpha * colormap(heat)
     return Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), mode="RGB")

@@ -69,10 +69,15 @@ def to_square(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 def normalize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Map a (S, S) or (N, S, S) image in [0, 1] to normalised (…, C, S, S) float32."""
     img = np.asarray(img, dtype=np.float32)
-    x = np.repeat(img[..., None, :, :], spec.channels, axis=-3)
     mean = np.asarray(spec.mean, np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(-1, 1, 1)
-    return (x - mean) / std
+    # Broadcasting the channel axis gives the values of repeat-then-subtract with one
+    # new array, divided in place.
+    x = np.subtract(img[..., None, :, :], mean)
+    if x.shape[-3] != spec.channels:  # one mean and std for several channels
+        x = np.repeat(x, spec.channels, axis=-3)
+    x /= std
+    return x
 
 
 def preprocess(rg: Radiograph | np.ndarray, spec: PreprocessSpec) -> np.ndarray:

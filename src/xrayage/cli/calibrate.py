@@ -53,7 +53,9 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     else:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
-    pred, age, group = [], [], []
+    pred: list[float] = []
+    age: list[float] = []
+    group: list[str] = []
     legacy = 0
     for row in rows:
         p, a = _number(row.get("xray_age")), _number(row.get("age_years"))

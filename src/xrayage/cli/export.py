@@ -34,6 +34,8 @@ def export(checkpoint: Path, out: Path, opset: int, name: str | None, images: tu
         card = run_export(checkpoint, out, opset=opset, images=list(images) or None, name=name,
                           val_metrics=not no_val_metrics, unsafe=unsafe_load,
                           fp16_weights=fp16_weights)
+    if card.onnx_sha256 is None:
+        raise click.ClickException(f"{out}: the export recorded no ONNX sha256 in its card")
     check = card.extra["verification"]
     click.echo(f"wrote {out / card.onnx_file} (sha256 {card.onnx_sha256[:12]}...): "
                f"max |ORT - torch| {check['max_abs_age_diff']:.1e} y on {check['images']} images"

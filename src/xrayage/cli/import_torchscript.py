@@ -17,5 +17,7 @@ from ..importer import PRESETS, import_torchscript
 def import_torchscript_cmd(file: Path, preset: str, out_dir: Path, opset: int) -> None:
     """Wrap a trusted TorchScript age model (e.g. RIKEN's SENet154) as an ONNX model dir."""
     card = import_torchscript(file, out_dir, preset=preset, opset=opset)
+    if card.onnx_sha256 is None:
+        raise click.ClickException(f"{out_dir}: the import recorded no ONNX sha256 in its card")
     click.echo(f"wrote {out_dir} ({card.name}, ONNX sha256 {card.onnx_sha256[:12]}…); "
                f"use it with: xrayage predict --model {out_dir} ...")

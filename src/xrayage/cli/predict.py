@@ -12,10 +12,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..estimate import AgeEstimate
 from ..explain import save_overlay
 from ..inputs import expand_inputs
 from ..outputs import ClinicalDirs, write_clinical
-from ..estimate import AgeEstimate
 from ..predict import XRayAge
 from ..results import ResultWriter
 

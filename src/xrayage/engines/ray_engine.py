@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..card import ModelCard
+from ..extras import require
 from ..inputs import expand_inputs
 from ..model import DEFAULT_MODEL, resolve_model_dir
 from ..pipeline import PredictInput, Prepared, estimate_batches, prepare
@@ -180,7 +181,7 @@ def predict_ray(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathL
 
     Raises
     ------
-    ImportError
+    MissingExtraError
         Without the ``cluster`` extra.
     """
     ray = _import_ray()
@@ -254,10 +255,8 @@ def _model_ref(model: str | None) -> str:
 
 
 def _use_gpu(ray: Any) -> bool:
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover
-        return False
+    import onnxruntime as ort
+
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     return cuda and ray.cluster_resources().get("GPU", 0) > 0
 
@@ -285,13 +284,8 @@ def _add(total: dict[str, int], more: dict[str, int]) -> None:
 
 
 def _import_ray() -> Any:
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise ImportError("--engine ray needs the 'cluster' extra: "
-                          "pip install 'xrayage[cluster]'") from exc
-    return ray
+    require("ray.data", "cluster", "xrayage predict --engine ray")
+    return require("ray", "cluster", "xrayage predict --engine ray")
 
 
 __all__ = ["RayOptions", "ShardInference", "predict_ray", "prepare_batch"]

@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..errors import ClinicalOutputError, MissingExtraError
 from ..estimate import AgeEstimate, FailureKind
 from ..explain import overlay
 from ..pipeline import PredictInput
@@ -261,11 +262,8 @@ def _clinical_outputs(est: AgeEstimate, estimator: XRayAge,
     if est.xray_age is None:
         out["notes"].append("sr/fhir: no X-ray age (the quality checks rejected the image)")
         return out
-    try:
-        from ..outputs import ClinicalOutputError, to_dicom_sr, to_fhir_observation
-    except ImportError as exc:
-        raise _RefusedError(501, f"sr/fhir need the 'clinical' extra: pip install "
-                            f"'xrayage[clinical]' ({exc})") from None
+    from ..outputs import to_dicom_sr, to_fhir_observation
+
     card = estimator.card
 
     def sr() -> None:
@@ -283,6 +281,6 @@ def _clinical_outputs(est: AgeEstimate, estimator: XRayAge,
             build()
         except ClinicalOutputError as exc:
             out["notes"].append(str(exc))
-        except ImportError as exc:  # MissingExtraError: highdicom or fhir.resources
+        except MissingExtraError as exc:  # highdicom or fhir.resources
             raise _RefusedError(501, str(exc)) from None
     return out

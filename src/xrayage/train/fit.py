@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
@@ -29,6 +29,12 @@ from ..card import PreprocessSpec
 from ..datasets import Dataset, filter_samples, load_dataset
 from ..datasets.splits import Split, split_patients
 from .cache import ImageCache, build_cache
+
+if TYPE_CHECKING:
+    from lightning.fabric.plugins.precision.precision import (
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +223,8 @@ def fit(cfg: TrainConfig) -> Path:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-        num_nodes=cfg.num_nodes, precision=cfg.precision or _precision(cfg.accelerator),
+        num_nodes=cfg.num_nodes,
+        precision=_lightning_precision(cfg.precision or _precision(cfg.accelerator)),
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, callbacks=callbacks,
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")],
         default_root_dir=out, enable_progress_bar=cfg.progress, log_every_n_steps=10,
@@ -235,6 +242,20 @@ def fit(cfg: TrainConfig) -> Path:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _lightning_precision(value: str) -> _PRECISION_INPUT_STR | _PRECISION_INPUT_STR_ALIAS:
+    """`value` as a Lightning ``precision``; ValueError (Lightning's own) if it is none."""
+    from lightning.fabric.plugins.precision import precision as lp
+
+    names: tuple[_PRECISION_INPUT_STR | _PRECISION_INPUT_STR_ALIAS, ...] = (
+        get_args(lp._PRECISION_INPUT_STR) + get_args(lp._PRECISION_INPUT_STR_ALIAS))
+    for name in names:
+        if value == name:
+            return name
+    supported = (get_args(lp._PRECISION_INPUT_STR) + get_args(lp._PRECISION_INPUT_INT)
+                 + get_args(lp._PRECISION_INPUT_STR_ALIAS))
+    raise ValueError(f"Precision {value!r} is invalid. Allowed precision values: {supported}")
 
 
 def _precision(accelerator: str) -> str:

@@ -32,18 +32,37 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import timm
 import torch
 import torch.nn.functional as F  # noqa: N812
+from timm.models import FeatureInfo
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
 
+class _FeatureKwargs(TypedDict, total=False):
+    """The model keyword arguments of a timm ``features_only`` backbone."""
+
+    features_only: bool
+    in_chans: int
+    out_indices: tuple[int, ...]
+
+
+def _feature_info(model: nn.Module) -> FeatureInfo:
+    """The :class:`timm.models.FeatureInfo` of a timm ``features_only`` model."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, FeatureInfo):
+        raise TypeError(f"{type(model).__name__} is not a timm features_only backbone "
+                        "(no FeatureInfo)")
+    return info
+
+
 def _create(name: str, in_chans: int, out_indices: Sequence[int] | None,
             init_weights: str | Path | None) -> nn.Module:
-    kwargs: dict[str, object] = {"features_only": True, "in_chans": in_chans}
+    kwargs: _FeatureKwargs = {"features_only": True, "in_chans": in_chans}
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
     if init_weights is None:
@@ -92,6 +111,9 @@ class AgeNet(nn.Module):
         Cells per side of the average pooling (1: global average pooling).
     """
 
+    age_shift: torch.Tensor  # buffers, registered in __init__
+    age_scale: torch.Tensor
+
     def __init__(
         self,
         backbone: str,
@@ -113,7 +135,7 @@ class AgeNet(nn.Module):
         self.grid = int(grid)
         probe = timm.create_model(backbone, pretrained=False, features_only=True,
                                   in_chans=in_chans)
-        self.level_modules: list[str] = list(probe.feature_info.module_name())
+        self.level_modules: list[str] = list(_feature_info(probe).module_name())
         n = len(self.level_modules)
         levels = sorted({int(i) % n for i in (feature_levels or (-1,)) if -n <= int(i) < n})
         if not levels or len(levels) != len(set(feature_levels or (-1,))):
@@ -134,7 +156,7 @@ class AgeNet(nn.Module):
                 raise ValueError(f"tap {name!r} is not a module of the truncated {backbone} "
                                  f"backbone (levels {levels})")
             modules[found[0]].register_forward_hook(functools.partial(self._keep, index))
-        channels = list(self.backbone.feature_info.channels()) + self._tap_channels(in_chans)
+        channels = list(_feature_info(self.backbone).channels()) + self._tap_channels(in_chans)
         self.channels = channels
         width = sum(channels) * self.grid**2
         self.head = nn.Linear(width, 1)

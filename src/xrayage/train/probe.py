@@ -173,7 +173,7 @@ def crossfit_ridge(x: np.ndarray, y: np.ndarray, patients: Sequence[str], copies
     for k in range(folds):
         tr = np.flatnonzero(outer != k)
         rows = np.concatenate([tr + c * n for c in range(copies)])
-        inner = assign_folds([patients[i] for i in tr], folds, ages=y[tr], seed=seed + 1)
+        inner = assign_folds([patients[int(i)] for i in tr], folds, ages=y[tr], seed=seed + 1)
         alpha, _ = choose_alpha(x[rows], np.tile(y[tr], copies), np.tile(inner, copies),
                                 scored=np.arange(len(rows)) < len(tr))
         weight, bias = _ridge(x[rows], np.tile(y[tr], copies), alpha)
