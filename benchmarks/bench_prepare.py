@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_prepare.py [--n 200] [--size 320] [--repeats 7] [--threads 2]
-                                       [--data ../shared/data] [--workers 1]
+                                       [--data ../shared/data] [--workers 1] [--isolate]
 
 Times, per image, on the first N NIH ChestX-ray14 PNGs of the shared manifest (8-bit,
 512 x 512), from the file path to the model-ready float32 (1, S, S) array:
@@ -22,15 +22,20 @@ Each repeat runs every engine once over all N files, in a rotated order (A B C, 
 ...), after one warm-up pass each, so that drift in machine load hits all engines alike.
 Library thread pools are capped at ``--threads`` (OpenMP/BLAS, OpenCV, torch); with
 ``--workers`` > 1 the images go through a thread pool of that size instead of one loop.
-Prints the median images/s per engine, the median of the per-repeat ratios, and the minor
-page faults per image (fresh memory the allocator had to map: a cost that depends on what
-else the process holds, so all engines run in one process).
+
+By default all engines share one process. The allocator's state is then shared too:
+importing torch leaves glibc's malloc with high mmap/trim thresholds, so no engine pays
+page faults. ``--isolate`` runs each engine in its own process that imports only its own
+stack (a bare xrayage script has no torch), still interleaved. The page faults per image
+(fresh memory the kernel had to map) are printed alongside the images/s medians and the
+median of the per-repeat ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import os
 import platform
 import statistics
@@ -38,12 +43,15 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "data"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMEXPR_NUM_THREADS")
+ENGINES = ("xrayage", "xrv-cv2", "xrv-skimage")
 
 Engine = Callable[[str], Any]
 
@@ -57,59 +65,63 @@ def nih_paths(data: Path, n: int) -> list[str]:
     return [str(data / r["path"]) for r in rows[:n]]
 
 
-def xrayage_engine(size: int) -> tuple[Engine, str]:
+def build_engine(name: str, size: int, threads: int) -> tuple[Engine | None, str]:
+    """The per-image function of engine `name` and a note, or ``None`` and why it is skipped."""
+    for var in THREAD_VARS:  # before numpy, OpenCV or torch start their pools
+        os.environ[var] = str(threads)
+    if name == "xrayage":
+        return _xrayage_engine(size)
+    return _xrv_engine(name.removeprefix("xrv-"), size, threads)
+
+
+def _xrayage_engine(size: int) -> tuple[Engine, str]:
     """Our prepare path at `size` px with the bundled model's other preprocessing settings."""
     from dataclasses import replace
+
+    import numpy as np
+    import PIL
 
     from xrayage.card import ModelCard
     from xrayage.io import read_radiograph
     from xrayage.preprocess import normalize, to_square
 
-    card = ModelCard.load(Path(__file__).resolve().parents[1] / "src" / "xrayage" / "models"
-                          / "xrayage-default")
+    card = ModelCard.load(REPO / "src" / "xrayage" / "models" / "xrayage-default")
     spec = replace(card.preprocessing, image_size=size)
 
     def run(path: str) -> Any:
         return normalize(to_square(read_radiograph(path).pixels, spec), spec)
 
-    return run, (f"square={spec.square} quantize={spec.quantize} channels={spec.channels}")
+    return run, (f"xrayage: square={spec.square} quantize={spec.quantize} channels="
+                 f"{spec.channels}, numpy {np.__version__}, Pillow {PIL.__version__}")
 
 
-def xrv_engines(size: int, threads: int) -> tuple[dict[str, Engine], list[str]]:
-    """TorchXRayVision's per-image dataset steps with each resize engine that imports."""
-    notes: list[str] = []
+def _xrv_engine(engine: str, size: int, threads: int) -> tuple[Engine | None, str]:
+    """TorchXRayVision's per-image dataset steps with resize engine `engine`."""
     try:
         import skimage.io
         import torch
         import torchvision
         import torchxrayvision as xrv
     except ImportError as exc:
-        return {}, [f"TorchXRayVision skipped ({exc}): pip install torchxrayvision to compare"]
+        return None, f"xrv-{engine} skipped ({exc}): pip install torchxrayvision to compare"
     torch.set_num_threads(threads)
-    notes.append(f"torchxrayvision {xrv.__version__}")
-    engines: list[str] = []
-    try:
-        import cv2
-    except ImportError:
-        notes.append("xrv-cv2 skipped: pip install opencv-python-headless to compare")
-    else:
+    note = f"xrv-{engine}: torchxrayvision {xrv.__version__}, skimage {skimage.__version__}"
+    if engine == "cv2":
+        try:
+            import cv2
+        except ImportError:
+            return None, "xrv-cv2 skipped: pip install opencv-python-headless to compare"
         cv2.setNumThreads(threads)
-        notes.append(f"opencv {cv2.__version__} ({cv2.getNumThreads()} threads)")
-        engines.append("cv2")
-    engines.append("skimage")
+        note += f", opencv {cv2.__version__} ({cv2.getNumThreads()} threads)"
+    transform = torchvision.transforms.Compose(
+        [xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(size, engine=engine)])
 
-    def make(engine: str) -> Engine:
-        transform = torchvision.transforms.Compose(
-            [xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(size, engine=engine)])
+    def run(path: str) -> Any:
+        img = skimage.io.imread(path)
+        sample = {"img": xrv.datasets.normalize(img, maxval=255, reshape=True)}
+        return xrv.datasets.apply_transforms(sample, transform)["img"]
 
-        def run(path: str) -> Any:
-            img = skimage.io.imread(path)
-            sample = {"img": xrv.datasets.normalize(img, maxval=255, reshape=True)}
-            return xrv.datasets.apply_transforms(sample, transform)["img"]
-
-        return run
-
-    return {f"xrv-{e}": make(e) for e in engines}, notes
+    return run, note
 
 
 def minor_faults() -> int:
@@ -136,6 +148,51 @@ def one_pass(engine: Engine, paths: list[str],
     return len(paths) / seconds, (minor_faults() - faults) / len(paths)
 
 
+class Runner:
+    """One engine, in this process or (``isolate``) in a child process of its own."""
+
+    def __init__(self, name: str, args: argparse.Namespace, paths: list[str],
+                 isolate: bool) -> None:
+        self.name = name
+        self.conn: Connection | None = None
+        if isolate:
+            ctx = multiprocessing.get_context("spawn")
+            self.conn, child = ctx.Pipe()
+            self.proc = ctx.Process(target=_child, args=(child, name, args, paths), daemon=True)
+            self.proc.start()
+            self.ok, self.note = self.conn.recv()
+        else:
+            self.engine, self.note = build_engine(name, args.size, args.threads)
+            self.ok = self.engine is not None
+            self.paths, self.workers = paths, args.workers
+
+    def run(self) -> tuple[float, float]:
+        if self.conn is not None:
+            self.conn.send("run")
+            result: tuple[float, float] = self.conn.recv()
+            return result
+        assert self.engine is not None
+        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        try:
+            return one_pass(self.engine, self.paths, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.send("stop")
+            self.proc.join(30)
+
+
+def _child(conn: Connection, name: str, args: argparse.Namespace, paths: list[str]) -> None:
+    engine, note = build_engine(name, args.size, args.threads)
+    conn.send((engine is not None, note))
+    pool = ThreadPoolExecutor(args.workers) if args.workers > 1 else None
+    while engine is not None and conn.recv() == "run":
+        conn.send(one_pass(engine, paths, pool))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -146,58 +203,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="library threads per pool")
     parser.add_argument("--workers", type=int, default=1,
                         help="images in flight (a thread pool when > 1)")
-    parser.add_argument("--engines", default="xrayage,xrv-cv2,xrv-skimage",
-                        help="comma-separated subset of xrayage, xrv-cv2, xrv-skimage")
+    parser.add_argument("--engines", default=",".join(ENGINES),
+                        help="comma-separated subset of " + ", ".join(ENGINES))
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each engine in a process of its own")
     args = parser.parse_args(argv)
-    for var in THREAD_VARS:  # before numpy, OpenCV or torch start their pools
-        os.environ[var] = str(args.threads)
-
-    import numpy as np
-    import PIL
+    names = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(names) - set(ENGINES))
+    if unknown:
+        parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
 
     paths = nih_paths(args.data.resolve(), args.n)
-    ours, settings = xrayage_engine(args.size)
-    engines: dict[str, Engine] = {"xrayage": ours}
-    xrv, notes = xrv_engines(args.size, args.threads)
-    engines.update(xrv)
-    wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
-    engines = {name: engines[name] for name in wanted if name in engines}
-
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{len(paths)} NIH PNGs from {args.data}, {args.size} px ({settings}), "
-          f"{args.repeats} interleaved repeats, {args.threads} threads, "
-          f"{args.workers} worker(s)")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, Pillow "
-          f"{PIL.__version__}, {os.cpu_count()} CPUs, load {load:.2f}; " + "; ".join(notes))
+    print(f"{len(paths)} NIH PNGs from {args.data}, {args.size} px, {args.repeats} interleaved "
+          f"repeats, {args.threads} threads, {args.workers} worker(s), "
+          f"{'one process per engine' if args.isolate else 'one process'}; "
+          f"python {platform.python_version()}, {os.cpu_count()} CPUs, load {load:.2f}")
+    runners = []
+    for name in names:
+        runner = Runner(name, args, paths, args.isolate)
+        print("  " + runner.note)
+        if runner.ok:
+            runners.append(runner)
+        else:
+            runner.close()
+    if not runners:
+        sys.exit("no engine to time")
 
-    pool = ThreadPoolExecutor(args.workers) if args.workers > 1 else None
-    names = list(engines)
-    for name in names:  # warm-up: imports, page cache, allocator
-        one_pass(engines[name], paths, pool)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    faults: dict[str, list[float]] = {name: [] for name in names}
+    for runner in runners:  # warm-up: imports, page cache, allocator
+        runner.run()
+    rates: dict[str, list[float]] = {r.name: [] for r in runners}
+    faults: dict[str, list[float]] = {r.name: [] for r in runners}
     for rep in range(args.repeats):
-        order = names[rep % len(names):] + names[: rep % len(names)]
-        for name in order:
-            rate, fault = one_pass(engines[name], paths, pool)
-            rates[name].append(rate)
-            faults[name].append(fault)
-        print(f"  repeat {rep + 1}: " + "  ".join(f"{n} {rates[n][-1]:6.1f}" for n in names),
+        shift = rep % len(runners)
+        for runner in runners[shift:] + runners[:shift]:
+            rate, fault = runner.run()
+            rates[runner.name].append(rate)
+            faults[runner.name].append(fault)
+        print(f"  repeat {rep + 1}: " + "  ".join(f"{n} {v[-1]:6.1f}" for n, v in rates.items()),
               flush=True)
-    if pool is not None:
-        pool.shutdown()
+    for runner in runners:
+        runner.close()
 
     print(f"\n{'engine':12s} {'median img/s':>12s} {'min':>7s} {'max':>7s} {'ms/img':>7s} "
           f"{'faults/img':>10s}")
-    for name in names:
-        med = statistics.median(rates[name])
-        print(f"{name:12s} {med:12.1f} {min(rates[name]):7.1f} {max(rates[name]):7.1f} "
-              f"{1000 / med:7.2f} {statistics.median(faults[name]):10.0f}")
+    for name, values in rates.items():
+        med = statistics.median(values)
+        print(f"{name:12s} {med:12.1f} {min(values):7.1f} {max(values):7.1f} {1000 / med:7.2f} "
+              f"{statistics.median(faults[name]):10.0f}")
     if "xrayage" in rates:
-        for name in names[1:]:
-            ratio = statistics.median(a / b for a, b in zip(rates["xrayage"], rates[name],
-                                                               strict=True))
-            print(f"xrayage / {name}: {ratio:.2f}x (median of per-repeat ratios)")
+        for name, values in rates.items():
+            if name != "xrayage":
+                ratio = statistics.median(a / b for a, b in zip(rates["xrayage"], values,
+                                                                   strict=True))
+                print(f"xrayage / {name}: {ratio:.2f}x (median of per-repeat ratios)")
 
 
 if __name__ == "__main__":

@@ -90,24 +90,67 @@ def test_reference_group_and_cluster_errors() -> None:
     assert row.n_dropped == 0 and f.reference_ == "healthy"
 
 
-def test_condition_in_one_patient_is_skipped_with_clusters() -> None:
+def test_condition_in_one_patient_is_reported_not_tested() -> None:
     df = simulate_cohort(200, 4)
     df["one_patient"] = 0
     df.loc[:2, "one_patient"] = 1
     df.loc[:2, "patient_id"] = "p_same"
-    f = GapByConditionFitter(cluster_col="patient_id").fit(df, ["one_patient"])
-    assert np.isnan(f.summary.loc["one_patient", "coef"])
-    assert "only 1 patient(s)" in " ".join(f.warnings_)
+    f = GapByConditionFitter(cluster_col="patient_id").fit(df, ["one_patient", "condition"])
+    row = f.summary.loc["one_patient"]
+    assert np.isfinite(row.coef) and np.isnan(row.p) and np.isnan(row.coef_lower)
+    assert not row.tested and row.patients_with == 1 and f.untested_ == ["one_patient"]
+    assert "not tested" in " ".join(f.warnings_) and "one_patient (1)" in " ".join(f.warnings_)
+    # the untested condition is not in the Holm family: the tested one keeps its p
+    assert f.summary.loc["condition", "p_adjusted"] == f.summary.loc["condition", "p"]
 
 
-def test_small_group_and_missing_warned() -> None:
+def test_min_group_threshold_and_missing_warned() -> None:
     df = simulate_cohort(200, 2)
     df["rare"] = 0
     df.loc[:4, "rare"] = 1
     df.loc[10:19, "age_gap"] = np.nan
-    f = GapByConditionFitter().fit(df, ["rare"])
+    f = GapByConditionFitter(min_group=6).fit(df, ["rare"])
     text = " ".join(f.warnings_)
-    assert "small group (5 images)" in text and "10 of 200 rows dropped" in text
+    assert "rare (5)" in text and "10 of 200 rows dropped" in text
+    g = GapByConditionFitter(min_group=5).fit(df, ["rare"])
+    assert g.summary.loc["rare", "tested"] and np.isfinite(g.summary.loc["rare", "p"])
+
+
+def test_condition_also_a_covariate_is_an_error() -> None:
+    df = simulate_cohort(300, 0, condition_effect=1.0)
+    with pytest.raises(CohortDataError, match="both a condition and a covariate"):
+        GapByConditionFitter().fit(df, ["condition"], covariates=["condition"])
+    with pytest.raises(CohortDataError, match="twice"):
+        GapByConditionFitter().fit(df, ["condition", "condition"])
+    with pytest.raises(CohortDataError, match="the age column"):
+        GapByConditionFitter().fit(df, ["age_years"])
+
+
+def test_joint_model_adjusts_conditions_for_each_other() -> None:
+    df = simulate_cohort(3000, 5, condition_effect=1.0)
+    # a marker that travels with the condition but has no effect of its own
+    rng = np.random.default_rng(0)
+    df["marker"] = np.where(rng.random(len(df)) < 0.8, df.condition, 1 - df.condition)
+    sep = GapByConditionFitter().fit(df, ["condition", "marker"], sex_col="sex")
+    joint = GapByConditionFitter(joint=True).fit(df, ["condition", "marker"], sex_col="sex")
+    assert sep.summary.loc["marker", "coef"] > 0.3  # confounded by the condition
+    assert abs(joint.summary.loc["marker", "coef"]) < 0.3
+    assert joint.summary.loc["condition", "coef"] == pytest.approx(1.0, abs=0.4)
+    with pytest.raises(CohortDataError, match="--joint"):
+        GapByConditionFitter(joint=True).fit(df, ["condition"], reference_col="marker")
+
+
+def test_logistic_and_subgroups() -> None:
+    df = simulate_cohort(3000, 6, condition_effect=2.0)
+    f = GapByConditionFitter(cluster_col="patient_id").fit(
+        df, ["condition", "null_condition"], sex_col="sex", by="sex")
+    lo = f.logistic_
+    assert lo.loc["condition", "odds_ratio_per_year"] > 1 and lo.loc["condition", "p"] < 0.05
+    assert lo.loc["null_condition", "or_lower"] < 1 < lo.loc["null_condition", "or_upper"]
+    sub = f.subgroups_.set_index(["condition", "level"])
+    assert set(sub.index.get_level_values("level")) == {0, 1}
+    assert 0 < sub.loc[("condition", 0), "p_interaction"] <= 1
+    assert sub.loc[("condition", 1), "coef"] == pytest.approx(2.0, abs=1.0)
 
 
 @pytest.mark.parametrize(("column", "message"), [("missing", "no column 'missing'"),

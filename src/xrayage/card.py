@@ -114,6 +114,56 @@ class ConformalCalibration:
     empirical_coverage: float | None = None
 
 
+@dataclass(frozen=True)
+class ContentCheckSpec:
+    """The content quality checks of a model (:mod:`xrayage.content`).
+
+    A small ONNX graph (`file`) maps the model's ``features`` output to ``scores``: the
+    logits of `classes` (the first is ``frontal_chest``), a child logit, a mirror logit and
+    `ood_dims` whitened principal components of frontal adult chest films, whose squared
+    norm is the Mahalanobis distance from the training distribution.
+
+    Attributes
+    ----------
+    file, sha256 : str
+        The graph beside the model, and its checksum.
+    classes : tuple of str
+        ``frontal_chest`` first, then the kinds refused (``lateral``, ``other_body_part``,
+        ``not_radiograph``, ``inverted``, ``rotated90``, ``rotated180``).
+    reject_below, warn_below : float
+        Refuse when p(frontal_chest) is below `reject_below`; warn below `warn_below`.
+    child_above : float
+        Refuse as a child's film when p(child) reaches it and the header has no age.
+    mirrored_above : float
+        Warn of a mirrored film when p(mirrored) reaches it.
+    ood_above, ood_warn_above : float
+        Refuse (warn) when the Mahalanobis distance reaches it.
+    ood_dims : int
+    rates : dict
+        The measured rates of these thresholds (out-of-fold, with n and 95% CIs).
+    training : dict
+        How the graph was fitted (data, method).
+    """
+
+    file: str
+    sha256: str
+    classes: tuple[str, ...]
+    reject_below: float
+    warn_below: float
+    child_above: float
+    mirrored_above: float
+    ood_above: float
+    ood_warn_above: float
+    ood_dims: int
+    rates: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if not self.classes or self.classes[0] != "frontal_chest":
+            raise ValueError("content checks: the first class must be 'frontal_chest'")
+
+
 @dataclass
 class ModelCard:
     """Metadata of a trained model, stored as ``model_card.json`` next to the ONNX file."""
@@ -139,6 +189,7 @@ class ModelCard:
     licence: str = "Apache-2.0"
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    content_checks: ContentCheckSpec | None = None
     schema: int = CARD_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +206,8 @@ class ModelCard:
                 data["bias_correction"] = BiasCorrection(**data["bias_correction"])
             if data.get("conformal"):
                 data["conformal"] = ConformalCalibration(**data["conformal"])
+            if data.get("content_checks"):
+                data["content_checks"] = ContentCheckSpec(**data["content_checks"])
             known = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in data.items() if k in known})
         except (KeyError, TypeError, ValueError) as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .content import REJECT_CODES
 from .datasets import filter_samples, load_dataset
 from .datasets.splits import Split
 from .metrics import age_band, age_metrics, grouped_metrics
@@ -119,7 +120,8 @@ def evaluate(
         samples = Split.load(Path(run_dir) / "split.json").assign(samples, split)
     if not samples:
         raise ValueError(f"{dataset}: no samples to evaluate after filtering")
-    estimator = XRayAge(load_model(model, threads=threads), tta=tta, batch_size=batch_size)
+    estimator = XRayAge(load_model(model, threads=threads), tta=tta, batch_size=batch_size,
+                        allow=() if qc else REJECT_CODES)
     notes: list[str] = []
     median = estimator.card.metrics.get("train_median_age")
     if median is None:

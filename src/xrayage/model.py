@@ -6,7 +6,9 @@ A model directory holds ``model.onnx`` and ``model_card.json``. The ONNX graph t
 - ``age``: (N,) X-ray age in years;
 - ``log_var`` (optional): (N,) log variance of a Gaussian NLL head;
 - ``cam`` (optional): (N, h, w) class activation map whose spatial mean plus the
-  head bias is the predicted age (exact for a GAP -> linear head).
+  head bias is the predicted age (exact for a GAP -> linear head);
+- ``features`` (optional): (N, D) the pooled input of the linear head, which the content
+  quality checks read (:mod:`xrayage.content`).
 
 No torch is needed.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .card import ModelCard, sha256_file
+from .content import ContentChecks
 from .errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -32,11 +35,12 @@ DEFAULT_MODEL = "xrayage-default"
 
 @dataclass
 class ModelOutput:
-    """Raw outputs for a batch: ages in years, optional σ (years) and CAMs."""
+    """Raw outputs for a batch: ages in years, optional σ (years), CAMs and head features."""
 
     age: np.ndarray
     sigma: np.ndarray | None = None
     cam: np.ndarray | None = None
+    features: np.ndarray | None = None
 
 
 def bundled_models() -> list[str]:
@@ -73,6 +77,11 @@ class AgeModel:
         Intra-op threads (default: ONNX Runtime's choice, all cores).
     verify : bool
         Check the ONNX file's sha256 against the card.
+
+    Attributes
+    ----------
+    content : ContentChecks or None
+        The model's content quality checks, when its card has them.
     """
 
     def __init__(
@@ -100,12 +109,22 @@ class AgeModel:
         self.output_names = {k: v for k, v in self.card.outputs.items() if v in available}
         if "age" not in self.output_names:
             raise ModelError(f"{onnx_path} has no output {self.card.outputs.get('age')!r}")
+        self.content: ContentChecks | None = None
+        if self.card.content_checks is not None:
+            if "features" not in self.output_names:
+                raise ModelError(f"{onnx_path}: the card has content checks but the graph "
+                                 "has no features output")
+            self.content = ContentChecks(self.directory, self.card.content_checks, threads)
 
-    def run(self, batch: np.ndarray, cam: bool = False) -> ModelOutput:
-        """Run a preprocessed batch (N, C, S, S) float32 and return its outputs."""
-        keys = [k for k in ("age", "log_var", "cam") if k in self.output_names]
-        if not cam:
-            keys = [k for k in keys if k != "cam"]
+    def run(self, batch: np.ndarray, cam: bool = False, features: bool = False) -> ModelOutput:
+        """Run a preprocessed batch (N, C, S, S) float32 and return its outputs.
+
+        `cam` and `features` ask for those outputs, when the model has them.
+        """
+        wanted = {"age", "log_var"} | ({"cam"} if cam else set()) | (
+            {"features"} if features else set())
+        keys = [k for k in ("age", "log_var", "cam", "features")
+                if k in self.output_names and k in wanted]
         values = self.session.run(
             [self.output_names[k] for k in keys],
             {self.input_name: np.ascontiguousarray(batch, np.float32)},
@@ -113,8 +132,8 @@ class AgeModel:
         out = dict(zip(keys, values, strict=True))
         sigma = np.exp(0.5 * out["log_var"].reshape(-1)) if "log_var" in out else None
         return ModelOutput(
-            age=out["age"].reshape(-1).astype(np.float64), sigma=sigma, cam=out.get("cam")
-        )
+            age=out["age"].reshape(-1).astype(np.float64), sigma=sigma, cam=out.get("cam"),
+            features=out.get("features"))
 
 
 def _providers(ort: object) -> list[str]:

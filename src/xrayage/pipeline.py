@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,10 +28,10 @@ import numpy as np
 
 from .card import PreprocessSpec
 from .errors import XRayAgeInputError
-from .estimate import AgeEstimate, InputFailure, SourceInfo
+from .estimate import AgeEstimate, FailureKind, InputFailure, SourceInfo
 from .io import DEFAULT_MAX_PIXELS, Source, read_radiograph
 from .model import AgeModel
-from .postprocess import finish
+from .postprocess import finish, model_identity
 from .preprocess import model_input, to_square
 from .quality import Check, QualityReport, QualityStatus, check_quality
 from .radiograph import Radiograph
@@ -102,8 +102,8 @@ class Prepared:
 
 
 def prepare(item: PredictInput, spec: PreprocessSpec, *, tta: bool = False,
-            checks: list[Check] | None = None, keep_radiograph: bool = False,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
+            checks: list[Check] | None = None, allow: Collection[str] = (),
+            keep_radiograph: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
     """Read, quality-check and preprocess one input; never raises for a bad input.
 
     Parameters
@@ -115,6 +115,8 @@ def prepare(item: PredictInput, spec: PreprocessSpec, *, tta: bool = False,
         Also make the test-time views.
     checks : list of callables, optional
         Quality checks (default :data:`xrayage.quality.CHECKS`).
+    allow : collection of str
+        Refusal codes the user allows (they become warnings), e.g. ``{"lateral_view"}``.
     keep_radiograph : bool
         Keep the decoded pixels in the estimate (overlays, Secondary Capture, report).
     max_pixels : int
@@ -145,17 +147,22 @@ def prepare(item: PredictInput, spec: PreprocessSpec, *, tta: bool = False,
         rg = replace(rg, age_years=item.age_years if item.age_years is not None
                      else rg.age_years, sex=item.sex or rg.sex,
                      view_position=item.view or rg.view_position)
-    report = check_quality(rg, checks)
+    report = check_quality(rg, checks).relaxed(allow)
     estimate = replace(estimate, age_years=rg.age_years, quality=report,
                        source=SourceInfo.of(rg), radiograph=rg if keep_radiograph else None)
     if report.status is QualityStatus.REJECT:
         return Prepared(estimate)
     square = to_square(rg.pixels, spec)
+    if not np.isfinite(square).all():  # NaN or infinity from a window, rescale or LUT
+        return Prepared(replace(estimate, failure=InputFailure(
+            FailureKind.NON_FINITE, f"{item.name}: the decoded image holds NaN or infinite "
+            "values (a non-finite window, rescale or LUT in the file?)")))
     return Prepared(estimate, square, model_input(square, spec, tta))
 
 
 def estimate_batches(model: AgeModel, prepared: Iterable[Prepared], *, batch_size: int = 8,
-                     heatmap: bool = False) -> Iterator[AgeEstimate]:
+                     heatmap: bool = False, allow: Collection[str] = ()
+                     ) -> Iterator[AgeEstimate]:
     """Run the model on prepared inputs in batches; yield finished estimates in input order.
 
     Parameters
@@ -167,38 +174,54 @@ def estimate_batches(model: AgeModel, prepared: Iterable[Prepared], *, batch_siz
         Accepted inputs per model call.
     heatmap : bool
         Also compute the class activation maps.
+    allow : collection of str
+        Refusal codes of the content checks the user allows (they become warnings).
     """
     batch: list[Prepared] = []
     for p in prepared:
         batch.append(p)
         if sum(q.accepted for q in batch) >= max(1, batch_size):
-            yield from run_batch(model, batch, heatmap=heatmap)
+            yield from run_batch(model, batch, heatmap=heatmap, allow=allow)
             batch = []
-    yield from run_batch(model, batch, heatmap=heatmap)
+    yield from run_batch(model, batch, heatmap=heatmap, allow=allow)
 
 
-def run_batch(model: AgeModel, batch: Sequence[Prepared], *,
-              heatmap: bool = False) -> list[AgeEstimate]:
-    """One model call over the accepted inputs of `batch`; an estimate for every input."""
+def run_batch(model: AgeModel, batch: Sequence[Prepared], *, heatmap: bool = False,
+              allow: Collection[str] = ()) -> list[AgeEstimate]:
+    """One model call over the accepted inputs of `batch`; an estimate for every input.
+
+    With content checks in the model (:attr:`AgeModel.content`), their findings join each
+    estimate's quality report, and an input they refuse gets no X-ray age.
+    """
     ready = [p for p in batch if p.tensor is not None]
     finished: dict[int, AgeEstimate] = {}
     if ready:
         tensors = [p.tensor for p in ready if p.tensor is not None]
         views = tensors[0].shape[0]
-        out = model.run(np.concatenate(tensors), cam=heatmap)
-        for i, p in enumerate(ready):
+        content = model.content
+        out = model.run(np.concatenate(tensors), cam=heatmap, features=content is not None)
+        scores = (content.scores(out.features[::views]) if content is not None
+                  and out.features is not None else [None] * len(ready))
+        for i, (p, score) in enumerate(zip(ready, scores, strict=True)):
+            est = p.estimate
+            if content is not None and score is not None:
+                quality = est.quality.extended(content.findings(score, est.age_years))
+                est = replace(est, quality=quality.relaxed(allow))
+                if est.quality.status is QualityStatus.REJECT:
+                    finished[id(p)] = replace(est, model=model_identity(model.card))
+                    continue
             rows = slice(i * views, (i + 1) * views)
             sigma = None if out.sigma is None else float(np.mean(out.sigma[rows]))
             cam = None if out.cam is None else out.cam[rows.start]
-            finished[id(p)] = finish(p.estimate, model.card, float(np.mean(out.age[rows])),
-                                     sigma, cam)
+            finished[id(p)] = finish(est, model.card, float(np.mean(out.age[rows])), sigma, cam)
     return [finished.get(id(p), p.estimate) for p in batch]
 
 
 def stream(model: AgeModel, items: Iterable[PredictInput], *, tta: bool = False,
            heatmap: bool = False, keep_radiograph: bool = False, batch_size: int = 8,
            read_workers: int = 1, checks: list[Check] | None = None,
-           max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[AgeEstimate]:
+           allow: Collection[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS
+           ) -> Iterator[AgeEstimate]:
     """:func:`prepare` in reader threads and :func:`estimate_batches`, in input order.
 
     At most ``2 * batch_size`` inputs are read ahead, so memory stays bounded on an
@@ -208,8 +231,8 @@ def stream(model: AgeModel, items: Iterable[PredictInput], *, tta: bool = False,
     window = max(1, batch_size) * 2
 
     def read(item: PredictInput) -> Prepared:
-        return prepare(item, spec, tta=tta, checks=checks, keep_radiograph=keep_radiograph,
-                       max_pixels=max_pixels)
+        return prepare(item, spec, tta=tta, checks=checks, allow=allow,
+                       keep_radiograph=keep_radiograph, max_pixels=max_pixels)
 
     with ThreadPoolExecutor(max(1, read_workers), thread_name_prefix="xrayage-read") as pool:
         def ahead() -> Iterator[Prepared]:
@@ -221,7 +244,8 @@ def stream(model: AgeModel, items: Iterable[PredictInput], *, tta: bool = False,
             while pending:
                 yield pending.popleft().result()
 
-        yield from estimate_batches(model, ahead(), batch_size=batch_size, heatmap=heatmap)
+        yield from estimate_batches(model, ahead(), batch_size=batch_size, heatmap=heatmap,
+                                    allow=allow)
 
 
 def label(source: object, index: int) -> str:

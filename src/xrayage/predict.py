@@ -8,7 +8,7 @@ DICOM node and ``xrayage evaluate`` call :meth:`XRayAge.predict_many`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any, overload
 
 from .card import ModelCard
@@ -35,6 +35,9 @@ class XRayAge:
         Threads that read and preprocess ahead of the model.
     max_pixels : int
         Largest image decoded (rows x columns x samples).
+    allow : collection of str
+        Refusal codes to relax to warnings (``{"lateral_view", "content_lateral"}``, say);
+        by default every check refuses.
 
     Examples
     --------
@@ -44,8 +47,10 @@ class XRayAge:
     """
 
     def __init__(self, model: AgeModel, tta: bool = False, batch_size: int = 8,
-                 read_workers: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 read_workers: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 allow: Collection[str] = ()) -> None:
         self.model = model
+        self.allow = frozenset(allow)
         self.tta = tta
         self.batch_size = max(1, batch_size)
         self.read_workers = max(1, read_workers)
@@ -111,7 +116,7 @@ class XRayAge:
         """
         return stream(self.model, items, tta=self.tta, heatmap=heatmap,
                       keep_radiograph=keep_radiograph, batch_size=self.batch_size,
-                      read_workers=self.read_workers, checks=checks,
+                      read_workers=self.read_workers, checks=checks, allow=self.allow,
                       max_pixels=self.max_pixels)
 
 

@@ -12,8 +12,9 @@ learned check (a view classifier, say) can be appended to :data:`CHECKS`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -53,11 +54,13 @@ class QualityStatus(str, enum.Enum):
 
 @dataclass(frozen=True)
 class QualityFinding:
-    """One reason behind a verdict: a stable ``code`` and a sentence for people."""
+    """One reason behind a verdict: a stable ``code``, a sentence for people, and the score
+    of a learned check (a probability or a distance; None for rules)."""
 
     code: str
     status: QualityStatus
     message: str
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,36 @@ class QualityReport:
         """True unless the status is ``reject``."""
         return self.status is not QualityStatus.REJECT
 
-    def to_dict(self) -> list[dict[str, str]]:
-        """The findings as JSON-ready ``{"code", "status", "message"}`` objects."""
-        return [{"code": f.code, "status": f.status.value, "message": f.message}
-                for f in self.findings]
+    def to_dict(self) -> list[dict[str, Any]]:
+        """The findings as JSON-ready ``{"code", "status", "message", "score"}`` objects."""
+        return [{"code": f.code, "status": f.status.value, "message": f.message,
+                 "score": f.score} for f in self.findings]
 
     @classmethod
-    def from_dict(cls, data: list[dict[str, str]]) -> QualityReport:
+    def from_dict(cls, data: list[dict[str, Any]]) -> QualityReport:
         """Inverse of :meth:`to_dict`."""
-        return cls([QualityFinding(d["code"], QualityStatus(d["status"]), d["message"])
-                    for d in data])
+        return cls([QualityFinding(d["code"], QualityStatus(d["status"]), d["message"],
+                                   d.get("score")) for d in data])
+
+    def relaxed(self, allow: Iterable[str]) -> QualityReport:
+        """The report with the refusals whose codes are in `allow` turned into warnings.
+
+        Examples
+        --------
+        >>> r = QualityReport([QualityFinding("lateral_view", QualityStatus.REJECT, "lateral")])
+        >>> r.relaxed({"lateral_view"}).status.value
+        'warn'
+        """
+        allowed = set(allow)
+        if not allowed:
+            return self
+        return QualityReport([
+            replace(f, status=_WARN, message=f"{f.message} (allowed by the user)")
+            if f.status is _REJECT and f.code in allowed else f for f in self.findings])
+
+    def extended(self, findings: Iterable[QualityFinding]) -> QualityReport:
+        """The report with more findings appended."""
+        return QualityReport([*self.findings, *findings])
 
 
 Check = Callable[[Radiograph], Iterator[QualityFinding]]

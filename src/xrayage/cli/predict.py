@@ -43,6 +43,9 @@ def heatmap_name(path: str) -> str:
 @click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Write a one-page HTML report per input into this folder.")
 @click.option("--tta", is_flag=True, help="Average test-time augmented views (4x slower).")
+@click.option("--allow", "allow", multiple=True, metavar="CODE",
+              help="Relax a refusal to a warning, by its code (e.g. lateral_view, "
+                   "content_lateral, content_child); repeatable. Default: every check refuses.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="ONNX Runtime threads (default: all cores).")
@@ -54,7 +57,8 @@ def heatmap_name(path: str) -> str:
               help="Ray inference actors (default: one per GPU, else half the CPUs).")
 def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None,
             heatmaps: Path | None, sr_dir: Path | None, sc_dir: Path | None,
-            fhir_dir: Path | None, report_dir: Path | None, tta: bool, batch_size: int,
+            fhir_dir: Path | None, report_dir: Path | None, tta: bool,
+            allow: tuple[str, ...], batch_size: int,
             threads: int | None, engine: str, address: str | None,
             num_workers: int | None) -> None:
     """Estimate X-ray age for INPUTS: files, folders (recursive) and CSV manifests.
@@ -70,9 +74,10 @@ def predict(inputs: tuple[str, ...], output: Path | None, model_name: str | None
 
         clinical_dirs = (heatmaps, sr_dir, sc_dir, fhir_dir, report_dir)
         run_ray(inputs, output, model_name, tta, batch_size, threads, address, num_workers,
-                any(d is not None for d in clinical_dirs))
+                any(d is not None for d in clinical_dirs), allow)
         return
-    estimator = XRayAge.load(model_name, threads=threads, tta=tta, batch_size=batch_size)
+    estimator = XRayAge.load(model_name, threads=threads, tta=tta, batch_size=batch_size,
+                             allow=allow)
     writer = ResultWriter(output) if output is not None else None
     done = writer.done if writer is not None else set()
     if heatmaps is not None:

@@ -10,7 +10,8 @@ from rich.console import Console
 
 def run_ray(inputs: tuple[str, ...], output: Path | None, model: str | None, tta: bool,
             batch_size: int, threads: int | None, address: str | None,
-            num_workers: int | None, per_image_files: bool) -> None:
+            num_workers: int | None, per_image_files: bool, allow: tuple[str, ...] = ()
+            ) -> None:
     """Check the options that the Ray engine does not support, run it, print the summary."""
     if output is None:
         raise click.UsageError("--engine ray needs -o OUT.csv or OUT.jsonl (rows are merged "
@@ -22,7 +23,7 @@ def run_ray(inputs: tuple[str, ...], output: Path | None, model: str | None, tta
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise click.UsageError(str(exc)) from exc
     options = RayOptions(address=address, num_workers=num_workers,
-                         actor_cpus=float(threads or 1))
+                         actor_cpus=float(threads or 1), allow=allow)
     try:
         counts = predict_ray(inputs, output, model=model, tta=tta, batch_size=batch_size,
                              options=options)

@@ -36,7 +36,9 @@ class Provenance:
     Attributes
     ----------
     status : {'out-of-fold', 'held-out', 'declared-held-out', 'unverified'}
-        ``out-of-fold``: made by ``xrayage crossfit`` (a ``fold`` column or sidecar JSON);
+        ``out-of-fold``: made by ``xrayage crossfit`` or a ridge build (their provenance
+        sidecar says so), or a ``fold`` column with ``--predictions-held-out`` (a column
+        named ``fold`` alone proves nothing);
         ``held-out``: the sidecar says the images were not in the training set;
         ``declared-held-out``: the user said so (``--predictions-held-out``);
         ``unverified``: nothing says so, and the results may be biased.
@@ -55,6 +57,13 @@ class Provenance:
     n_in_sample_dropped: int = 0
     n_in_sample_kept: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def correction_in_sample(self) -> bool:
+        """True when the sidecar's bias correction was fitted on these same predictions."""
+        bc = self.details.get("bias_correction") if self.details else None
+        return bool(bc) and "out-of-fold" in str(bc.get("fitted_on", "")) \
+            if isinstance(bc, dict) else False
 
     @property
     def trusted(self) -> bool:
@@ -123,10 +132,14 @@ def read_predictions(
         status = provenance_status(details)
         if status is not None:
             prov.status, prov.source = status, f"sidecar {sidecar_path(path).name}"
-    if prov.status == "unverified" and "fold" in df.columns and df["fold"].notna().all():
-        prov.status, prov.source = "out-of-fold", "'fold' column (one model per fold)"
     if prov.status == "unverified" and held_out:
         prov.status, prov.source = "declared-held-out", "--predictions-held-out"
+        if "fold" in df.columns and df["fold"].notna().all():
+            prov.status = "out-of-fold"
+            prov.source = "'fold' column with --predictions-held-out"
+    elif prov.status == "unverified" and "fold" in df.columns:
+        prov.source = ("a 'fold' column but no provenance sidecar: a column name proves "
+                       "nothing (pass --predictions-held-out if these are out-of-fold)")
     if "in_sample" in df.columns:
         flagged = to_binary(df["in_sample"], "in_sample").fillna(1).astype(bool)
         if allow_in_sample:

@@ -69,6 +69,8 @@ class RayOptions:
         Retries of a failed read task, restarts of a dead actor and retries of its batch.
     gpu : bool, optional
         Force GPU actors on or off (default: when onnxruntime has CUDA and the cluster GPUs).
+    allow : tuple of str
+        Refusal codes relaxed to warnings, as ``xrayage predict --allow``.
     """
 
     address: str | None = None
@@ -78,9 +80,10 @@ class RayOptions:
     rows_per_shard: int = 10_000
     max_retries: int = 3
     gpu: bool | None = None
+    allow: tuple[str, ...] = ()
 
 
-def prepare_batch(batch: Any, card: ModelCard, tta: bool) -> Any:
+def prepare_batch(batch: Any, card: ModelCard, tta: bool, allow: tuple[str, ...] = ()) -> Any:
     """Read and preprocess a batch of inputs (a Ray Data task).
 
     Parameters
@@ -91,6 +94,8 @@ def prepare_batch(batch: Any, card: ModelCard, tta: bool) -> Any:
     card : ModelCard
         Drives the preprocessing (:func:`~xrayage.pipeline.prepare`, as in the local engine).
     tta : bool
+    allow : tuple of str
+        Refusal codes relaxed to warnings.
 
     Returns
     -------
@@ -105,7 +110,7 @@ def prepare_batch(batch: Any, card: ModelCard, tta: bool) -> Any:
     for row in batch.to_pylist():
         item = PredictInput(row["source"], row["path"], row["age_years"], row["sex"],
                             row.get("view"))
-        prepared = prepare(item, card.preprocessing, tta=tta)
+        prepared = prepare(item, card.preprocessing, tta=tta, allow=allow)
         paths.append(prepared.estimate.path)
         estimates.append(json.dumps(prepared.metadata()))
         tensor = prepared.tensor
@@ -129,11 +134,14 @@ class ShardInference:
         Images per ONNX call, as in the local engine.
     threads : int
         ONNX Runtime intra-op threads.
+    allow : tuple of str
+        Refusal codes relaxed to warnings.
     """
 
     def __init__(self, model: str, shard_dir: str, tta: bool = False, batch_size: int = 8,
-                 threads: int = 1) -> None:
-        self.estimator = XRayAge.load(model, threads=threads, tta=tta, batch_size=batch_size)
+                 threads: int = 1, allow: tuple[str, ...] = ()) -> None:
+        self.estimator = XRayAge.load(model, threads=threads, tta=tta, batch_size=batch_size,
+                                      allow=allow)
         self.shard_dir = shard_dir
         spec = self.estimator.card.preprocessing
         self.shape = (spec.channels, spec.image_size, spec.image_size)
@@ -147,7 +155,8 @@ class ShardInference:
             np.frombuffer(row["tensor"], "<f4").reshape(-1, *self.shape).copy()
             if row["tensor"] else None) for row in batch.to_pylist()]
         estimates = list(estimate_batches(self.estimator.model, prepared,
-                                          batch_size=self.estimator.batch_size))
+                                          batch_size=self.estimator.batch_size,
+                                          allow=self.estimator.allow))
         shard = write_result_shard([e.to_record() for e in estimates], self.shard_dir)
         return pa.table({"shard": [shard.name], "rows": [len(estimates)]})
 
@@ -237,10 +246,12 @@ def _pipeline(ray: Any, shards: list[Path], shard_dir: str, model: str | None, t
         # without them actors restart forever on a poison input that kills the process.
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs={"card": card, "tta": tta}, num_cpus=1, **retries)
+                            fn_kwargs={"card": card, "tta": tta, "allow": opts.allow},
+                            num_cpus=1, **retries)
         return ds.map_batches(
             actor_class, batch_format="pyarrow", batch_size=max(batch_size, opts.read_rows),
             fn_constructor_kwargs={"model": model_ref, "shard_dir": shard_dir, "tta": tta,
+                                   "allow": opts.allow,
                                    "batch_size": batch_size,
                                    "threads": max(1, int(opts.actor_cpus))},
             compute=ActorPoolStrategy(size=workers), num_cpus=opts.actor_cpus,

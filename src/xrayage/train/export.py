@@ -2,7 +2,9 @@
 
 The ONNX graph takes ``input`` (N, C, S, S) float32 (dynamic N) and returns ``age`` (N,),
 ``log_var`` (N,) for Gaussian-NLL models, and ``cam`` (N, h, w), with
-``cam.mean((-2, -1)) + card.extra["cam_bias"] == age``.
+``cam.mean((-2, -1)) + card.extra["cam_bias"] == age``, and ``features`` (N, D), the pooled
+input of the linear head (:func:`~xrayage.train.onnx_graph.add_features_output`), which the
+content quality checks read.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..card import CARD_FILE, ModelCard, PreprocessSpec, sha256_file
 from ..errors import ModelError
 from ..metrics import age_metrics
 from .model import AgeNet, ExportWrapper
+from .onnx_graph import FEATURES, add_features_output
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,8 @@ def export(
     size = spec.image_size
     example = torch.zeros(2, spec.channels, size, size)
     exporter = _onnx_export(ExportWrapper(net).eval(), example, out / "model.onnx", names, opset)
+    add_features_output(out / "model.onnx")  # the head's input, for the content checks
+    names.append(FEATURES)
 
     paths = list(images) if images else verification_images(run_dir)
     batch = np.stack([preprocess(read_radiograph(p), spec) for p in paths]) if paths else None
