@@ -10,6 +10,8 @@ import pytest
 
 from xrayage.cli.main import main
 from xrayage.cohort import simulate_cohort
+from xrayage.cohort.simulate import simulate_serial_films
+from xrayage.provenance import write_provenance
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,49 @@ def test_out_of_fold_predictions_trusted(cohort: tuple[Path, Path], tmp_path: Pa
     pred, clin = cohort
     oof = tmp_path / "oof.csv"
     pd.read_csv(pred).assign(fold=lambda d: d.index % 5).to_csv(oof, index=False)
+    assert run(oof, clin, tmp_path / "bare", "--condition", "condition") == 0
+    s = json.loads((tmp_path / "bare" / "summary.json").read_text())
+    assert s["provenance"]["status"] == "unverified"  # a 'fold' column alone proves nothing
+    assert any("no provenance sidecar" in w for w in s["warnings"])
+    write_provenance(oof, out_of_fold=True, k=5, bias_correction={
+        "slope": 0.8, "intercept": 11, "n": 399, "fitted_on": "pooled out-of-fold predictions"})
     assert run(oof, clin, tmp_path / "out", "--condition", "condition") == 0
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["provenance"]["status"] == "out-of-fold"
+    assert any("fitted on these same images" in w for w in s["warnings"])
+
+
+def test_new_models_through_the_cli(tmp_path: Path) -> None:
+    """Two films per patient, joint model, subgroups, strata, patient-level survival, pace."""
+    df = simulate_cohort(800, 3, condition_effect=1.5, hr_per_year=1.04, films_per_patient=2)
+    serial = simulate_serial_films(400, 3, pace_effect=0.3).iloc[:800]
+    df["study_date"] = serial["study_date"].to_numpy()
+    pred = tmp_path / "pred.csv"
+    df.to_csv(pred, index=False)
+    out = tmp_path / "out"
+    assert main(["analyze", str(pred), "--condition", "condition", "--condition",
+                 "null_condition", "--joint", "--cluster", "patient_id", "--time", "time",
+                 "--event", "event", "--strata", "view", "--by", "sex", "--bootstrap", "20",
+                 "--pace-time", "study_date", "--predictions-held-out",
+                 "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    g = s["gap_by_condition"]
+    assert g["joint"] and "CR2" in g["inference"] and "condition" in g["logistic"]["conditions"]
+    prog = s["prognosis"]
+    assert prog["n"] == 400 and prog["n_rows"] == 400 and prog["n_events"] == int(
+        df.groupby("patient_id").event.first().sum())
+    assert prog["strata"] == ["view"] and prog["interaction"]["by"] == "sex"
+    assert set(prog["c_index_cv"]) >= {"age", "age+gap", "gain", "gain_ci"}
+    assert s["pace"]["n_serial"] == 400
+    assert {"pace.png", "pace_spaghetti.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_condition_also_covariate_exits_2(cohort: tuple[Path, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pred, clin = cohort
+    assert run(pred, clin, tmp_path, "--condition", "condition", "--covariates",
+               "condition") == 2
+    assert "both a condition and a covariate" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -27,9 +27,20 @@ def test_unmarked_predictions_are_unverified(tmp_path: Path) -> None:
     assert prov.status == "unverified" and not prov.trusted
 
 
-def test_fold_column_marks_out_of_fold(tmp_path: Path) -> None:
+def test_fold_column_alone_is_not_proof(tmp_path: Path) -> None:
     _, prov = read_predictions(write(tmp_path, fold=[0, 1, 2]))
+    assert prov.status == "unverified" and not prov.trusted and "sidecar" in prov.source
+    _, prov = read_predictions(write(tmp_path, fold=[0, 1, 2]), held_out=True)
     assert prov.status == "out-of-fold" and prov.trusted
+
+
+def test_in_sample_bias_correction_detected(tmp_path: Path) -> None:
+    path = write(tmp_path, fold=[0, 1, 2])
+    Path(str(path) + ".provenance.json").write_text(json.dumps(
+        {"out_of_fold": True, "bias_correction": {
+            "slope": 0.6, "intercept": 19, "n": 3, "fitted_on": "pooled out-of-fold predictions"}}))
+    _, prov = read_predictions(path)
+    assert prov.trusted and prov.correction_in_sample
 
 
 def test_sidecar_marks_out_of_fold(tmp_path: Path) -> None:

@@ -3,9 +3,9 @@
 ::
 
     PredictInput --prepare()--> Prepared --estimate_batches()--> AgeEstimate
-                   read_radiograph            AgeModel.run
-                   check_quality              postprocess.finish
-                   to_square + model_input
+                   read_radiograph            AgeModel.run (age, CAM, features)
+                   check_quality              content checks on the features
+                   to_square + model_input    postprocess.finish
 
 :func:`prepare` reads, checks and preprocesses one input (no model needed, so it runs in
 reader threads, Ray tasks or cache workers); :func:`estimate_batches` runs the model on

@@ -10,9 +10,11 @@ from typing import Any
 
 from ..errors import CohortDataError
 from ..extras import require
+from ..provenance import sidecar_path
 from ._deps import FEATURE
 from .accuracy import age_accuracy, plot_bland_altman, plot_scatter
-from .gap_by_condition import GapByConditionFitter
+from .gap_by_condition import GapByConditionFitter, check_terms
+from .longitudinal import PaceFitter
 from .prognosis import GapCoxFitter
 from .table import Provenance, expand_findings, merge_clinical, read_predictions, read_table
 
@@ -44,8 +46,23 @@ class AnalysisSettings:
         Column names; None finds ``age_years`` (or, from a clinical table, the legacy
         ``chronological_age``) and ``sex``/``sex_male``.
     cluster : str, optional
-        Patient identifier for cluster-robust errors (several images per patient).
-    correction, km_groups, alpha, min_group, n_bootstrap : see the fitters.
+        Patient identifier (several images per patient): CR2 clustered errors for the gap
+        models, patient-level survival.
+    joint : bool
+        One gap model with every condition (each adjusted for the others).
+    by : str, optional
+        Binary column (e.g. ``sex``) for subgroup estimates and interaction tests.
+    strata : list of str
+        Stratify the Cox baseline hazard on these columns.
+    films : {'first', 'all'}
+        Survival with `cluster`: each patient's first film, or all films (robust errors).
+    film_order : str, optional
+        Column ordering a patient's films (date or number); see
+        :data:`~xrayage.cohort.prognosis.ORDER_COLUMNS`.
+    pace_time : str, optional
+        Film date (or years) column: fit the pace of X-ray ageing on serial films
+        (needs `cluster`).
+    correction, km_groups, alpha, min_group, n_bootstrap, cv_folds : see the fitters.
     predictions_held_out, allow_in_sample : bool
         See :func:`~xrayage.cohort.table.read_predictions`.
     """
@@ -63,8 +80,15 @@ class AnalysisSettings:
     correction: str = "holm"
     km_groups: str = "tertiles"
     alpha: float = 0.05
-    min_group: int = 10
+    min_group: int = 5
     n_bootstrap: int = 200
+    cv_folds: int = 5
+    joint: bool = False
+    by: str | None = None
+    strata: list[str] = field(default_factory=list)
+    films: str = "first"
+    film_order: str | None = None
+    pace_time: str | None = None
     predictions_held_out: bool = False
     allow_in_sample: bool = False
 
@@ -80,6 +104,7 @@ class CohortAnalysis:
     accuracy: dict[str, Any] | None = None
     gap_by_condition: GapByConditionFitter | None = None
     prognosis: GapCoxFitter | None = None
+    pace: PaceFitter | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -123,6 +148,21 @@ def analyze_cohort(predictions: str | Path, settings: AnalysisSettings,
                     if prov.n_in_sample_kept == 0 else
                     f"IN-SAMPLE PREDICTIONS USED: {prov.n_in_sample_kept} rows are flagged "
                     "in_sample and were kept (--allow-in-sample); results are biased.")
+    if prov.status == "unverified" and "fold" in df.columns:
+        warn.append("the predictions have a 'fold' column but no provenance sidecar "
+                    f"({sidecar_path(predictions).name}); a column name does not show they are "
+                    "out-of-fold. Keep the sidecar `crossfit` or the ridge build writes, or "
+                    "pass --predictions-held-out")
+    if prov.correction_in_sample:
+        bc = prov.details.get("bias_correction") or {}
+        warn.append("the bias correction behind age_gap_corrected was fitted on these same "
+                    f"images ({bc.get('fitted_on')}, n={bc.get('n')}): the corrected gap is "
+                    "centred on this cohort by construction, so its mean is ~0 here and "
+                    "unadjusted means describe this cohort only. Adjusted models include age "
+                    "and are unaffected; for an external check fit the correction elsewhere")
+    if s.pace_time and not s.cluster:
+        raise CohortDataError("--pace-time needs --cluster PATIENT_ID (films are grouped by "
+                              "patient)")
     if prov.n_in_sample_dropped:
         warn.append(f"{prov.n_in_sample_dropped} in-sample rows were dropped")
     counts = {"n_predictions": len(df)}
@@ -151,23 +191,40 @@ def analyze_cohort(predictions: str | Path, settings: AnalysisSettings,
                             warnings=warn)
     _accuracy(df, columns, result)
     covariates = list(s.covariates)
+    by = s.by
+    if by and by == s.sex:
+        by = columns["sex"]
+    check_terms(conditions, covariates, gap_col=columns["gap"] or "",
+                age_col=columns["age"] or "", sex_col=columns["sex"], by=by,
+                cluster_col=s.cluster, strata=s.strata)
     if conditions:
         fitter = GapByConditionFitter(alpha=s.alpha, correction=s.correction,
-                                      min_group=s.min_group, cluster_col=s.cluster)
+                                      min_group=s.min_group, cluster_col=s.cluster,
+                                      joint=s.joint)
         fitter.fit(df, conditions, gap_col=columns["gap"] or "", age_col=columns["age"] or "",
-                   sex_col=columns["sex"], covariates=covariates, reference_col=s.reference)
+                   sex_col=columns["sex"], covariates=covariates, reference_col=s.reference,
+                   by=None if s.joint else by)
         result.gap_by_condition = fitter
         result.figures["gap_forest"] = fitter.plot()
         warn.extend(fitter.warnings_)
     if s.time and s.event:
         cox = GapCoxFitter(alpha=s.alpha, km_groups=s.km_groups, cluster_col=s.cluster,
-                           n_bootstrap=s.n_bootstrap)
+                           n_bootstrap=s.n_bootstrap, films=s.films, cv_folds=s.cv_folds)
         cox.fit(df, s.time, s.event, gap_col=columns["gap"] or "", age_col=columns["age"] or "",
-                sex_col=columns["sex"], covariates=covariates)
+                sex_col=columns["sex"], covariates=covariates, strata=s.strata, by=by,
+                order_col=s.film_order)
         result.prognosis = cox
         result.figures["km"] = cox.plot()
         warn.extend(cox.warnings_)
-    if not conditions and not (s.time and s.event):
+    if s.pace_time:
+        pace = PaceFitter(alpha=s.alpha).fit(
+            df, s.cluster or "", s.pace_time, age_col=columns["age"] or "",
+            sex_col=columns["sex"], conditions=conditions)
+        result.pace = pace
+        result.figures["pace_spaghetti"] = pace.plot_spaghetti()
+        result.figures["pace"] = pace.plot_pace()
+        warn.extend(pace.warnings_)
+    if not conditions and not (s.time and s.event) and not s.pace_time:
         warn.append("no --condition, --expand-findings or --time/--event: accuracy only")
     for w in warn:
         logger.info(w)

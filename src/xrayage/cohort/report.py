@@ -20,6 +20,8 @@ PLOT_TITLES = {
     "bland_altman": "Bland–Altman",
     "gap_forest": "Age gap by condition (adjusted)",
     "km": "Kaplan–Meier by age gap",
+    "pace_spaghetti": "X-ray age over time (serial films)",
+    "pace": "Pace of X-ray ageing",
 }
 
 
@@ -56,9 +58,19 @@ def summary_dict(a: CohortAnalysis) -> dict[str, Any]:
     g = a.gap_by_condition
     if g is not None:
         out["gap_by_condition"] = {
-            "model": f"OLS: gap ~ condition + {' + '.join(g.adjusted_for_)}",
+            "model": f"OLS: gap ~ {'all conditions' if g.joint else 'condition'} + "
+                     f"{' + '.join(g.adjusted_for_)}",
+            "inference": ("CR2 (Bell-McCaffrey) errors clustered on "
+                          f"{g.cluster_col}" if g.cluster_col else "HC2 errors")
+                         + ", Satterthwaite degrees of freedom",
+            "joint": g.joint, "min_group": g.min_group, "untested": g.untested_,
             "reference": g.reference_, "correction": g.correction, "alpha": g.alpha,
             "cluster": g.cluster_col, "conditions": _records(g.summary),
+            "logistic": {
+                "model": f"logit P(condition) ~ gap + {' + '.join(g.adjusted_for_)}",
+                "conditions": _records(g.logistic_)},
+            "subgroups": (None if g.subgroups_ is None
+                          else g.subgroups_.to_dict(orient="records")),
         }
     c = a.prognosis
     if c is not None:
@@ -66,13 +78,26 @@ def summary_dict(a: CohortAnalysis) -> dict[str, Any]:
             "n": c.n_, "n_events": c.n_events_, "n_dropped": c.n_dropped_,
             "hazard_ratio_per_year": c.hazard_ratio_,
             "hazard_ratio_ci": [c.hazard_ratio_lower_, c.hazard_ratio_upper_],
-            "p": c.p_value_,
+            "p": c.p_value_, "n_rows": c.n_rows_, "films": c.film_choice_
+            + (", all films with robust errors" if c.robust_ else ""),
+            "strata": c.strata_ and list(a.settings.strata), "interaction": c.interaction_,
+            "c_index_cv": c.c_index_cv_,
             "cox": _records(c.summary.rename(
                 columns=lambda x: x.replace(f" {1 - c.alpha:.0%}", ""))),
             "ph_test": _records(c.ph_test_), "c_index": c.c_index_,
             "c_index_gain": c.c_index_gain_, "c_index_gain_ci": list(c.c_index_gain_ci_),
             "km_groups": c.km_groups, "logrank_p": c.logrank_p_,
             "at_risk": {str(k): v for k, v in c.at_risk_.to_dict(orient="index").items()},
+        }
+    f = a.pace
+    if f is not None:
+        out["pace"] = {
+            "model": "MixedLM (REML): xray_age ~ t + age at first film + sex [+ c + c:t], "
+                     "random intercept and slope of t per patient; t = years since first film",
+            "pace": f.pace_, "pace_ci": [f.pace_lower_, f.pace_upper_], "p_vs_0": f.pace_p_,
+            "n_films": f.n_films_, "n_patients": f.n_patients_, "n_serial": f.n_serial_,
+            "follow_up": f.follow_up_, "random": f.random_,
+            "conditions": _records(f.conditions_),
         }
     return _clean(out)
 
@@ -125,6 +150,39 @@ def _img(images: dict[str, str], name: str) -> str:
             f'src="data:image/png;base64,{images[name]}"></figure>')
 
 
+def _gap_extras(g: dict[str, Any]) -> str:
+    """The logistic (paper's) model and the subgroup table of the gap section."""
+    out = f"<p>Inference: {html.escape(g['inference'])}.</p>"
+    if g["untested"]:
+        out += ("<p>Reported but not tested (fewer than "
+                f"{g['min_group']} per group): {html.escape(', '.join(g['untested']))}.</p>")
+    rows = [[k, v["odds_ratio_per_year"], f"{_fmt(v['or_lower'], 3)}–{_fmt(v['or_upper'], 3)}",
+             v["p"]] for k, v in g["logistic"]["conditions"].items()]
+    if rows:
+        out += (f"<h3>Odds of each condition per year of gap</h3><p>"
+                f"{html.escape(g['logistic']['model'])} (Ieki et al. 2022).</p>"
+                + _table(rows, ["condition", "OR per year", "CI", "p"], digits=3))
+    if g["subgroups"]:
+        out += "<h3>Subgroups</h3>" + _table(
+            [[r["condition"], f"{r['by']} = {r['level']}", r["n_with"],
+              f"{_fmt(r['coef'])} ({_fmt(r['coef_lower'])}, {_fmt(r['coef_upper'])})",
+              r["p"], r["p_interaction"]] for r in g["subgroups"]],
+            ["condition", "subgroup", "units with", "adjusted difference (CI)", "p",
+             "interaction p"])
+    return out
+
+
+def _interaction_html(inter: dict[str, Any] | None) -> str:
+    if not inter:
+        return ""
+    rows = [[f"{inter['by']} = {lev[-1]}", inter[lev]["n"], inter[lev]["hr"],
+             f"{_fmt(inter[lev]['lower'], 3)}–{_fmt(inter[lev]['upper'], 3)}"]
+            for lev in ("level_0", "level_1")]
+    return ("<h3>HR per year of gap by subgroup</h3>"
+            + _table(rows, ["subgroup", "n", "HR", "CI"], digits=3)
+            + f"<p>Interaction p={_fmt(inter['p_interaction'])}.</p>")
+
+
 def render_html(a: CohortAnalysis, summary: dict[str, Any], images: dict[str, str]) -> str:
     """The report as one HTML page with the plots embedded (no external files)."""
     prov = summary["provenance"]
@@ -173,12 +231,15 @@ def render_html(a: CohortAnalysis, summary: dict[str, Any], images: dict[str, st
             + ".</p>" + _table(rows, ["condition", "n with", "n without", "mean gap with (CI)",
                                       "mean gap without (CI)", "adjusted difference (CI), y",
                                       "p", "p adjusted"])
-            + _img(images, "gap_forest"))
+            + _img(images, "gap_forest") + _gap_extras(g))
     if a.prognosis is not None:
         p = summary["prognosis"]
         ci = p["c_index"]
         parts.append(
-            f"<h2>3. Prognosis</h2><p>{p['n']} patients, {p['n_events']} events. Cox model, "
+            f"<h2>3. Prognosis</h2><p>{p['n']} patients ({html.escape(p['films'])}; "
+            f"{p['n_rows']} rows in the model), {p['n_events']} events. Cox model"
+            + (f" stratified on {html.escape(', '.join(p['strata']))}" if p["strata"] else "")
+            + ", "
             f"<b>HR per year of gap {p['hazard_ratio_per_year']:.3f} "
             f"({p['hazard_ratio_ci'][0]:.3f}–{p['hazard_ratio_ci'][1]:.3f}), "
             f"p={_fmt(p['p'])}</b>, adjusted for the other covariates below.</p>"
@@ -188,13 +249,33 @@ def render_html(a: CohortAnalysis, summary: dict[str, Any], images: dict[str, st
             + "<h3>Proportional hazards (Schoenfeld residuals, rank time)</h3>"
             + _table([[k, v["test_statistic"], v["p"]] for k, v in p["ph_test"].items()],
                      ["covariate", "statistic", "p"])
-            + "<h3>Discrimination (apparent C-index)</h3>"
-            + _table([[k, v] for k, v in ci.items()], ["model", "C-index"], digits=3)
-            + "<p>adjusted = age + sex + covariates.</p>"
-            + f"<p>Gain of age + gap over age: {_fmt(p['c_index_gain'], 3)} (bootstrap CI "
+            + "<h3>Discrimination (C-index)</h3>"
+            + _table([[k, v, (p["c_index_cv"] or {}).get(k)] for k, v in ci.items()],
+                     ["model", "apparent", "cross-validated"], digits=3)
+            + "<p>adjusted = age + sex + covariates. Cross-validated: pooled out-of-fold "
+            "linear predictors of patient folds.</p>"
+            + f"<p>Gain of age + gap over age{' (cross-validated)' if p['c_index_cv'] else ''}"
+            f": {_fmt(p['c_index_gain'], 3)} (patient-bootstrap CI "
             f"{_fmt(p['c_index_gain_ci'][0], 3)} to {_fmt(p['c_index_gain_ci'][1], 3)}).</p>"
+            + _interaction_html(p["interaction"])
             + f"<h3>Kaplan–Meier ({html.escape(p['km_groups'])})</h3>"
             f"<p>Log-rank p={_fmt(p['logrank_p'])}.</p>" + _img(images, "km"))
+    if a.pace is not None:
+        q = summary["pace"]
+        parts.append(
+            f"<h2>4. Pace of X-ray ageing</h2><p>{q['n_serial']} of {q['n_patients']} patients "
+            f"with two or more films ({q['n_films']} films; median span "
+            f"{_fmt(q['follow_up']['median_years'])} y). {html.escape(q['model'])}.</p>"
+            f"<p><b>Pace {_fmt(q['pace'])} ({_fmt(q['pace_ci'][0])}–{_fmt(q['pace_ci'][1])}) "
+            "X-ray years per calendar year</b> (1.0 = ageing as the calendar does; a model "
+            "that regresses to the mean reads below 1 even then). SD of patients' paces "
+            f"{_fmt(q['random']['sd_pace'])}.</p>"
+            + _table([[k, v["patients_with"], v["pace_without"], v["pace_with"],
+                       f"{_fmt(v['difference'])} ({_fmt(v['lower'])}, {_fmt(v['upper'])})",
+                       v["p"]] for k, v in q["conditions"].items()],
+                     ["condition", "serial patients with", "pace without", "pace with",
+                      "difference (CI)", "p"])
+            + _img(images, "pace_spaghetti") + _img(images, "pace"))
     body = "\n".join(parts)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>X-ray age cohort analysis</title>

@@ -62,8 +62,9 @@ class Provenance:
     def correction_in_sample(self) -> bool:
         """True when the sidecar's bias correction was fitted on these same predictions."""
         bc = self.details.get("bias_correction") if self.details else None
-        return bool(bc) and "out-of-fold" in str(bc.get("fitted_on", "")) \
-            if isinstance(bc, dict) else False
+        if not isinstance(bc, dict):
+            return False
+        return "out-of-fold" in str(bc.get("fitted_on", ""))
 
     @property
     def trusted(self) -> bool:
