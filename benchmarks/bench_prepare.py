@@ -28,7 +28,11 @@ importing torch leaves glibc's malloc with high mmap/trim thresholds, so no engi
 page faults. ``--isolate`` runs each engine in its own process that imports only its own
 stack (a bare xrayage script has no torch), still interleaved. The page faults per image
 (fresh memory the kernel had to map) are printed alongside the images/s medians and the
-median of the per-repeat ratios.
+median of the per-repeat ratios. In a bare process glibc gives the ~3 MB that one 512 x 512
+image needs back to the kernel after every image (~650 faults per image); Pillow's block
+cache (``PILLOW_BLOCKS_MAX=4`` in the environment, inherited by every engine's process)
+keeps most of it. A process that has created the ONNX session (``XRayAge.load()``, as
+predict and evaluate do) paid none in our runs.
 """
 
 from __future__ import annotations

@@ -5,10 +5,16 @@ radiograph from ``--clients`` threads for ``--duration`` seconds, and reports p5
 latency, throughput, errors and the server's resident memory at the start and end of
 the run. Not run in CI.
 
+With ``--slow-clients N``, N more clients (from 127.0.0.2, another loopback address)
+keep sending slow uploads the whole time: headers and 5 bytes of a declared 10 MB body,
+then one byte a second, reconnecting when cut off. A probe thread also times
+``GET /healthz`` twice a second. The figures then include how the slow uploads were
+answered (408, 429) and the health-check latency.
+
 Usage::
 
     python benchmarks/bench_serve_load.py [--model DIR] [--image FILE] [--clients 8]
-        [--duration 30] [--workers 1] [--threads 2] [--heatmap]
+        [--duration 30] [--workers 1] [--threads 2] [--heatmap] [--slow-clients 20]
 
 Without ``--model`` it uses the bundled model, or else the tiny test model (which
 measures the service overhead: reading, QC, HTTP, JSON). Without ``--image`` it uses
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +74,32 @@ def pick_image(arg: str | None, scratch: Path) -> tuple[bytes, str]:
     return to_bytes(make_dataset()), "synthetic chest DICOM"
 
 
+def slow_upload(port: int, stop_at: float) -> int | None:
+    """One slow upload (5 bytes, then a byte a second); the status it got, or None."""
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/"
+            b"form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n--b\r\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.settimeout(1.0)
+        try:
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(head)
+            reply = b""
+            while time.monotonic() < stop_at:
+                try:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+                    if b"\r\n\r\n" in reply:
+                        break
+                except TimeoutError:
+                    sock.sendall(b"x")
+        except OSError:
+            return None
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else None
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -82,6 +115,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--heatmap", action="store_true", help="ask for the heat map too")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--slow-clients", type=int, default=0,
+                        help="clients that keep sending slow uploads meanwhile")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="xrayage-bench-"))
@@ -91,7 +126,9 @@ def main() -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "xrayage.cli.main", "serve", "--model", model, "--port",
          str(port), "--workers", str(args.workers), "--threads", str(args.threads),
-         "--max-queue", str(max(8, args.clients))],
+         "--max-queue", str(max(8, args.clients)),
+         # the load clients all come from 127.0.0.1: let each act as its own address
+         "--uploads-per-client", str(max(4, args.clients))],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -116,6 +153,24 @@ def main() -> None:
         lock = threading.Lock()
         stop_at = time.monotonic() + args.duration
 
+        slow_statuses: dict[str, int] = {}
+        health: list[float] = []
+
+        def slow_client() -> None:
+            while time.monotonic() < stop_at:
+                key = str(slow_upload(port, stop_at))
+                with lock:
+                    slow_statuses[key] = slow_statuses.get(key, 0) + 1
+                time.sleep(0.2)
+
+        def probe() -> None:
+            with httpx.Client(base_url=url, timeout=30) as c:
+                while time.monotonic() < stop_at:
+                    start = time.perf_counter()
+                    c.get("/healthz")
+                    health.append(time.perf_counter() - start)
+                    time.sleep(0.5)
+
         def client() -> None:
             with httpx.Client(base_url=url, timeout=120) as c:
                 while time.monotonic() < stop_at:
@@ -132,6 +187,8 @@ def main() -> None:
                             errors[key] = errors.get(key, 0) + 1
 
         threads = [threading.Thread(target=client) for _ in range(args.clients)]
+        threads += [threading.Thread(target=slow_client) for _ in range(args.slow_clients)]
+        threads.append(threading.Thread(target=probe))
         t0 = time.monotonic()
         for t in threads:
             t.start()
@@ -152,7 +209,11 @@ def main() -> None:
         "throughput_rps": round(n / elapsed, 2),
         "latency_ms": {"p50": round(1000 * percentile(latencies, 50), 1),
                        "p99": round(1000 * percentile(latencies, 99), 1),
-                       "mean": round(1000 * statistics.fmean(latencies), 1)} if n else None,
+                       "mean": round(1000 * statistics.fmean(latencies), 1),
+                       "max": round(1000 * max(latencies), 1)} if n else None,
+        "slow_clients": args.slow_clients, "slow_upload_answers": slow_statuses,
+        "healthz_ms": {"p50": round(1000 * percentile(health, 50), 1),
+                       "max": round(1000 * max(health), 1)} if health else None,
         "server_rss_mb": {"start": round(rss_start, 1), "end": round(rss_end, 1),
                           "max": round(max(rss_samples), 1),
                           "every_5_s": [round(v) for v in rss_samples[::5]]},

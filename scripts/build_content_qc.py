@@ -93,6 +93,17 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, classes: int, l2: float) -> np.nd
     return np.asarray(res.x.reshape(k + 1, classes))
 
 
+def top_components(x: np.ndarray, k: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The top `k` singular values and right singular vectors (k, D) of centred `x`, by a
+    randomised SVD with four power iterations (Halko et al. 2011)."""
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(x @ rng.standard_normal((x.shape[1], k + 16)))[0]
+    for _ in range(4):
+        q = np.linalg.qr(x @ (x.T @ q))[0]
+    _, s, vt = np.linalg.svd(q.T @ x, full_matrices=False)
+    return s[:k], vt[:k]
+
+
 class Fitted:
     """The whole content model fitted on some rows: map features -> scores columns."""
 
@@ -102,8 +113,8 @@ class Fitted:
         self.mu = x.mean(axis=0)
         self.sd = x.std(axis=0) + 1e-6
         xs = (x - self.mu) / self.sd
-        _, s, vt = np.linalg.svd(xs - 0.0, full_matrices=False)
-        self.p = vt[:dims].T / (s[:dims] / math.sqrt(len(x)))  # whitened components
+        s, vt = top_components(xs, dims)
+        self.p = vt.T / (s / math.sqrt(len(x)))  # whitened components
         z = xs @ self.p
         self.kind = fit_logistic(z, kind, len(CLASSES), l2)
         self.child = fit_logistic(z[child >= 0], child[child >= 0], 2, l2) if child is not None \
@@ -112,9 +123,9 @@ class Fitted:
             if mirror is not None else None
         fa = xs[frontal_adult]
         self.ood_mu = fa.mean(axis=0)
-        _, s2, vt2 = np.linalg.svd(fa - self.ood_mu, full_matrices=False)
-        self.ood_p = vt2[:ood_dims].T / (s2[:ood_dims] / math.sqrt(len(fa)))
-        self.ood_basis = vt2[:ood_dims].T
+        s2, vt2 = top_components(fa - self.ood_mu, ood_dims)
+        self.ood_p = vt2.T / (s2 / math.sqrt(len(fa)))
+        self.ood_basis = vt2.T
         resid = self._residual(fa)
         self.resid_scale = float(np.mean(resid)) or 1.0
 

@@ -14,7 +14,8 @@ input of its linear head). Rows:
   (or 270°), 180°, and a mirror image.
 
 Writes ``WORK/features.npy`` (float16, N x D), ``WORK/rows.csv`` (path, kind, group, age,
-source, split) and ``WORK/age.npy`` (the model's X-ray age). Used by
+source, variant) and ``WORK/age.npy`` (the model's X-ray age). Rows already there are kept
+and not extracted again (the data grows between rounds). Used by
 ``scripts/build_content_qc.py``.
 """
 
@@ -45,8 +46,6 @@ def rows_to_extract(shared: Path) -> list[dict[str, str]]:
                         "age": r["age_years"], "source": r["source"], "variant": ""})
     with open(shared / "qc" / "manifest.csv", newline="") as handle:
         for r in csv.DictReader(handle):
-            if not r["path"].lower().endswith(".png"):
-                continue
             kind = {"lateral": "lateral", "child": "child", "other_body_part": "other_body_part",
                     "not_radiograph": "not_radiograph"}[r["category"]]
             out.append({"path": str(shared / "qc" / r["path"]), "kind": kind,
@@ -99,6 +98,13 @@ def main() -> None:
     feats: list[np.ndarray] = []
     ages: list[np.ndarray] = []
     kept: list[dict[str, str]] = []
+    if (args.work / "rows.csv").is_file():
+        with open(args.work / "rows.csv", newline="") as handle:
+            kept = list(csv.DictReader(handle))
+        feats.append(np.load(args.work / "features.npy"))
+        ages.append(np.load(args.work / "age.npy"))
+        done = {(r["path"], r["variant"]) for r in kept}
+        rows = [r for r in rows if (r["path"], r["variant"]) not in done]
     batch: list[np.ndarray] = []
     pending: list[dict[str, str]] = []
     started = time.time()
@@ -116,7 +122,7 @@ def main() -> None:
     for i, r in enumerate(rows):
         try:
             rg = read_radiograph(r["path"])
-        except ValueError as exc:
+        except ValueError as exc:  # XRayAgeInputError: unreadable
             print(f"skip {r['path']}: {exc}", file=sys.stderr)
             continue
         if r["variant"]:

@@ -126,3 +126,63 @@ def test_heatmaps_written(tiny: Path, inputs: Path, tmp_path: Path,
 def test_bad_output_suffix(tiny: Path, inputs: Path, tmp_path: Path) -> None:
     assert main(["predict", str(inputs), "-o", str(tmp_path / "x.txt"),
                  "--model", str(tiny)]) == 2
+
+
+def test_manifest_repeats_each_give_a_row_and_resume(tiny: Path, inputs: Path,
+                                                     tmp_path: Path) -> None:
+    """42 rows over 40 paths give 42 rows, with -o too; a resumed run adds only the rest."""
+    rng = np.random.default_rng(1)
+    for i in range(37):
+        Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(
+            inputs / f"r{i}.png")
+    paths = [f"in/r{i}.png" for i in range(37)] + ["in/nested/img0.png",
+                                                  "in/nested/img1.png", "in/IM0001"]
+    order = [*paths[:5], paths[0], *paths[5:30], paths[3], *paths[30:]]  # 42 rows
+    ages = {i: f"{30 + i}" for i in range(len(order))}
+    manifest = tmp_path / "repeats.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "age_years"])
+        for i, rel in enumerate(order):
+            writer.writerow([rel, ages[i]])
+    assert len(order) == 42 and len(set(order)) == 40
+    full = tmp_path / "full.csv"
+    assert main(["predict", str(manifest), "-o", str(full), "--model", str(tiny)]) == 0
+    rows = read_rows(full)
+    assert len(rows) == 42
+    assert [float(r["age_years"]) for r in rows] == [float(a) for a in ages.values()]
+    jsonl = tmp_path / "part.jsonl"
+    lines_full = [json.dumps(r) for r in rows]
+    assert main(["predict", str(manifest), "-o", str(jsonl), "--model", str(tiny)]) == 0
+    lines = jsonl.read_text().splitlines(keepends=True)
+    assert len(lines) == 42 and len(lines_full) == 42
+    jsonl.write_text("".join(lines[:7]))  # killed after 7 rows: the repeat of row 0 is in
+    assert main(["predict", str(manifest), "-o", str(jsonl), "--model", str(tiny)]) == 0
+    resumed = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(resumed) == 42
+    assert [r["age_years"] for r in resumed] == [float(a) for a in ages.values()]
+    assert main(["predict", str(manifest), "-o", str(jsonl), "--model", str(tiny)]) == 0
+    assert len(jsonl.read_text().splitlines()) == 42  # nothing new
+
+
+def test_fhir_ids_for_png_inputs(tiny: Path, inputs: Path, tmp_path: Path) -> None:
+    pytest.importorskip("fhir.resources", reason="needs the 'clinical' extra")
+    manifest = tmp_path / "ids.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "age_years", "view", "patient_id", "study_uid"])
+        writer.writerow(["in/nested/img0.png", "50", "PA", "MRN-1", "1.2.3.4.5"])
+        writer.writerow(["in/nested/img1.png", "50", "PA", "", ""])
+    out = tmp_path / "fhir"
+    assert main(["predict", str(manifest), "--model", str(tiny), "--fhir", str(out),
+                 "--patient-id", "MRN-DEFAULT", "--study-uid", "1.2.3.9",
+                 "--fhir-patient-system", "https://hospital.example/mrn"]) == 0
+    docs = {}
+    for path in out.glob("*.fhir.json"):
+        obs = json.loads(path.read_text())
+        docs[obs["subject"]["identifier"]["value"]] = obs
+    assert set(docs) == {"MRN-1", "MRN-DEFAULT"}
+    for value, study in (("MRN-1", "1.2.3.4.5"), ("MRN-DEFAULT", "1.2.3.9")):
+        obs = docs[value]
+        assert obs["subject"]["identifier"]["system"] == "https://hospital.example/mrn"
+        assert obs["derivedFrom"][0]["identifier"]["value"] == f"urn:oid:{study}"

@@ -97,3 +97,45 @@ def test_plot_has_numbers_at_risk() -> None:
     texts = [t.get_text() for a in ax.figure.axes for t in a.get_xticklabels()]
     assert any("\n" in t for t in texts)  # the at-risk rows under the time axis
     assert "log-rank" in ax.get_title()
+
+
+def test_patient_level_with_two_films_per_patient() -> None:
+    df = simulate_cohort(1200, 8, hr_per_year=1.05, films_per_patient=2)
+    df = df.sample(frac=1.0, random_state=0)  # films out of order: --film-order decides
+    f = GapCoxFitter(cluster_col="patient_id", n_bootstrap=0).fit(
+        df, "time", "event", sex_col="sex", order_col="film")
+    patients = df[df.film == 0]
+    assert f.n_ == f.n_rows_ == 600 and f.n_events_ == int(patients.event.sum())
+    assert f.film_choice_ == "first film per patient by 'film'"
+    assert f.at_risk_.iloc[0].sum() == 600  # Kaplan–Meier on patients
+    # the same as fitting the first films alone
+    g = GapCoxFitter(n_bootstrap=0, cv_folds=0).fit(patients, "time", "event", sex_col="sex",
+                                                    diagnostics=False)
+    assert f.hazard_ratio_ == pytest.approx(g.hazard_ratio_)
+    a = GapCoxFitter(cluster_col="patient_id", films="all").fit(
+        df, "time", "event", sex_col="sex", diagnostics=False)
+    assert a.n_ == 600 and a.n_rows_ == 1200 and a.robust_
+    assert a.n_events_ == f.n_events_  # events counted once per patient
+
+
+def test_strata_interaction_and_cross_validated_c_index() -> None:
+    df = simulate_cohort(2000, 9, hr_per_year=1.05)
+    f = GapCoxFitter(n_bootstrap=30).fit(df, "time", "event", sex_col="sex", strata=["view"],
+                                         by="sex")
+    assert "view_PA" not in f.summary.index and f.strata_ == ["_s0"]
+    inter = f.interaction_
+    assert inter is not None and 0 < inter["p_interaction"] <= 1
+    for level in ("level_0", "level_1"):
+        assert 1.0 < inter[level]["lower"] < inter[level]["hr"] < inter[level]["upper"] < 1.12
+    cv = f.c_index_cv_
+    assert cv["folds"] == 5 and cv["gain_ci"][0] < cv["gain"] < cv["gain_ci"][1]
+    assert f.c_index_gain_ == cv["gain"]
+    assert cv["age+gap"] <= f.c_index_["age+gap"] + 0.01  # out-of-fold is not optimistic
+
+
+def test_duplicate_terms_are_errors() -> None:
+    df = simulate_cohort(200, 0)
+    with pytest.raises(CohortDataError, match="twice"):
+        GapCoxFitter().fit(df, "time", "event", covariates=["view", "view"])
+    with pytest.raises(CohortDataError, match="survival time or event"):
+        GapCoxFitter().fit(df, "time", "event", covariates=["event"])

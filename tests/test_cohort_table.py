@@ -57,6 +57,7 @@ def test_declared_held_out(tmp_path: Path) -> None:
 
 def test_in_sample_rows_dropped_unless_allowed(tmp_path: Path) -> None:
     path = write(tmp_path, in_sample=[True, False, False], fold=[0, 1, 2])
+    Path(str(path) + ".provenance.json").write_text(json.dumps({"out_of_fold": True}))
     df, prov = read_predictions(path)
     assert len(df) == 2 and prov.n_in_sample_dropped == 1 and prov.trusted
     df, prov = read_predictions(path, allow_in_sample=True)

@@ -13,7 +13,7 @@ from fhir.resources.R4B.observation import Observation
 from xrayage import AgeEstimate, XRayAge
 from xrayage.errors import MissingExtraError
 from xrayage.outputs import ClinicalOutputError, to_fhir_observation, write_fhir
-from xrayage.outputs.fhir import CODE_SYSTEM, UCUM
+from xrayage.outputs.fhir import CODE_SYSTEM, PATIENT_ID_SYSTEM, UCUM
 from xrayage.quality import QualityFinding, QualityReport, QualityStatus
 
 from .clinical_helpers import png_bytes, predict_kept
@@ -59,6 +59,9 @@ def test_observation_references_study_and_patient(estimate: AgeEstimate,
         "urn:dicom:uid", f"urn:oid:{source.StudyInstanceUID}")
     assert source.SOPInstanceUID in study.display
     assert obs.subject.type == "Patient" and obs.subject.identifier.value == source.PatientID
+    assert obs.subject.identifier.system == PATIENT_ID_SYSTEM  # the documented default
+    mrn = to_fhir_observation(estimate, estimator.card, patient_system="urn:oid:1.2.3.4")
+    assert mrn.subject.identifier.system == "urn:oid:1.2.3.4"
     date = str(source.StudyDate)
     assert str(obs.effectiveDateTime) == f"{date[:4]}-{date[4:6]}-{date[6:]}"
 
@@ -82,6 +85,15 @@ def test_png_input_gives_observation_without_study(estimator: XRayAge) -> None:
     assert obs.derivedFrom is None and obs.subject is None
     assert "30525-0" not in components(obs)  # no chronological age in a PNG
     assert "age_unknown" in obs.note[0].text
+
+
+def test_png_input_takes_patient_and_study_ids(estimator: XRayAge) -> None:
+    est = predict_kept(estimator, png_bytes(), name="chest.png", heatmap=False)
+    obs = to_fhir_observation(est, estimator.card, patient_id="MRN-7", study_uid="1.2.3.4.5",
+                              patient_system="https://hospital.example/mrn")
+    assert (obs.subject.identifier.system, obs.subject.identifier.value) == (
+        "https://hospital.example/mrn", "MRN-7")
+    assert obs.derivedFrom[0].identifier.value == "urn:oid:1.2.3.4.5"
 
 
 def test_rejected_and_missing_extra(estimator: XRayAge, monkeypatch: pytest.MonkeyPatch) -> None:

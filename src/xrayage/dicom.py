@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
 from .errors import ImageTooLargeError, XRayAgeInputError
+from .memory import check_budget
 from .radiograph import LUMA, Radiograph, colour_fraction
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,8 @@ def _check_header(ds: Dataset, name: str, max_pixels: int) -> tuple[int, int, in
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
     if not 1 <= bits <= 32:
         raise XRayAgeInputError(f"{name}: unsupported BitsStored {bits}")
+    allocated = int(ds.get("BitsAllocated") or bits)
+    check_budget(name, rows, cols, "dicom", max(1, (allocated + 7) // 8), samples)
     return rows, cols, frames, samples
 
 

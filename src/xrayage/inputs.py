@@ -10,6 +10,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .pipeline import PredictInput
@@ -45,12 +46,31 @@ def walk_folder(folder: Path) -> Iterator[Path]:
                 yield path
 
 
+@dataclass(frozen=True)
+class RowIds:
+    """Identifiers of one input row for the clinical outputs of a non-DICOM input.
+
+    From manifest columns ``patient_id`` and ``study_uid``, else from
+    ``xrayage predict --patient-id/--study-uid``; a DICOM header's own are used when
+    both are empty.
+    """
+
+    patient_id: str | None = None
+    study_uid: str | None = None
+
+
 def read_manifest(csv_path: Path) -> Iterator[PredictInput]:
     """Yield inputs from a CSV with a ``path`` column (relative to the CSV's folder).
 
     Optional ``age_years`` (or ``age``), ``sex`` and ``view`` (DICOM ViewPosition, e.g.
-    ``PA``) columns override the header.
+    ``PA``) columns override the header. Every row is one input, repeats included.
     """
+    for item, _ in read_manifest_rows(csv_path):
+        yield item
+
+
+def read_manifest_rows(csv_path: Path) -> Iterator[tuple[PredictInput, RowIds]]:
+    """As :func:`read_manifest`, with each row's ``patient_id``/``study_uid`` columns."""
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
@@ -61,20 +81,33 @@ def read_manifest(csv_path: Path) -> Iterator[PredictInput]:
                 continue
             path = Path(rel) if Path(rel).is_absolute() else csv_path.parent / rel
             view = (row.get("view") or "").strip().upper() or None
-            yield PredictInput(str(path), str(path), _age(row), _sex(row.get("sex")), view)
+            ids = RowIds((row.get("patient_id") or "").strip() or None,
+                         (row.get("study_uid") or "").strip() or None)
+            yield (PredictInput(str(path), str(path), _age(row), _sex(row.get("sex")), view),
+                   ids)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[PredictInput]:
     """Yield a :class:`PredictInput` for every file, folder entry and manifest row."""
+    for item, _ in expand_rows(inputs):
+        yield item
+
+
+def expand_rows(inputs: Iterable[str | os.PathLike[str]], *, patient_id: str | None = None,
+                study_uid: str | None = None) -> Iterator[tuple[PredictInput, RowIds]]:
+    """As :func:`expand_inputs`, with each row's :class:`RowIds` (manifest columns
+    first, then ``patient_id``/``study_uid`` given here)."""
+    default = RowIds(patient_id, study_uid)
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
             for file in walk_folder(path):
-                yield PredictInput(str(file), str(file))
+                yield PredictInput(str(file), str(file)), default
         elif path.suffix.lower() == ".csv" and path.is_file():
-            yield from read_manifest(path)
+            for item, ids in read_manifest_rows(path):
+                yield item, RowIds(ids.patient_id or patient_id, ids.study_uid or study_uid)
         else:
-            yield PredictInput(str(path), str(path))
+            yield PredictInput(str(path), str(path)), default
 
 
 def _age(row: dict[str, str]) -> float | None:

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .dicom import is_dicom, read_dicom
 from .errors import ImageTooLargeError, UnsupportedFormatError, XRayAgeInputError
+from .memory import fit_raster
 from .radiograph import LUMA, Radiograph, colour_fraction
 
 DEFAULT_MAX_PIXELS = 80_000_000
@@ -132,6 +133,7 @@ def _read_raster(data: bytes, name: str, max_pixels: int) -> Radiograph:
                     f"{name}: {height}x{width} pixels exceeds the limit of {max_pixels:,} "
                     "(raise max_pixels if the image is genuine)"
                 )
+            fit_raster(image, name)  # memory budget: a JPEG decodes at reduced scale
             frames = int(getattr(image, "n_frames", 1))
             fmt = (image.format or "image").lower()
             image.load()

@@ -54,11 +54,9 @@ def to_square(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     img = square(np.asarray(pixels, dtype=np.float32), spec.square)
     size = spec.image_size
     if img.shape[0] != size:
-        # PIL's BILINEAR widens its kernel when shrinking, so this is antialiased. The
-        # 'F' image is filled from the array directly: not zeroed first, as fromarray does.
-        src = Image.new("F", (img.shape[1], img.shape[0]), None)
-        src.frombytes(np.ascontiguousarray(img))
-        img = np.asarray(src.resize((size, size), Image.BILINEAR))
+        # PIL's BILINEAR widens its kernel when shrinking, so this is antialiased.
+        img = np.asarray(Image.fromarray(img, mode="F").resize(
+            (size, size), Image.Resampling.BILINEAR))
     # clip() of float32 returns a new float32 array, never the caller's: the rounding
     # below works in place, with the same float32 operations as round(img * 255) / 255.
     img = np.clip(img, 0.0, 1.0)

@@ -47,11 +47,14 @@ import click
 @click.option("--stop-grace", "stop_grace_s", default=20.0, show_default=True,
               type=click.FloatRange(0, 3600),
               help="On SIGTERM, seconds to finish the images in hand.")
+@click.option("--memory-budget-mb", default=None, type=click.FloatRange(1, 1e6),
+              help="Decode budget of one image, MiB (default 640: one image under 1 GB).")
 def dicom_node(ae_title: str, host: str, port: int, forward_to: str | None, send_sc: bool,
                model_name: str | None, threads: int | None, spool_dir: Path, workers: int,
                max_spooled: int, store_wait_s: float, max_associations: int,
                send_attempts: int, retry_initial_s: float, retry_max_s: float,
-               network_timeout_s: float, stop_grace_s: float) -> None:
+               network_timeout_s: float, stop_grace_s: float,
+               memory_budget_mb: float | None = None) -> None:
     """Receive chest radiographs by C-STORE and send back the X-ray age as a DICOM SR.
 
     Each instance is written to the spool before it is acknowledged; results are sent
@@ -60,6 +63,7 @@ def dicom_node(ae_title: str, host: str, port: int, forward_to: str | None, send
     Rejected or unreadable images are acknowledged and logged (without patient
     identifiers), never answered. C-ECHO is supported.
     """
+    from ..memory import set_memory_budget
     from ..predict import XRayAge
     from ..serve.node import Destination, NodeSettings, XRayAgeNode
 
@@ -72,6 +76,8 @@ def dicom_node(ae_title: str, host: str, port: int, forward_to: str | None, send
         store_wait_s=store_wait_s, max_associations=max_associations,
         send_attempts=send_attempts, retry_initial_s=retry_initial_s,
         retry_max_s=retry_max_s, network_timeout_s=network_timeout_s)
+    if memory_budget_mb is not None:
+        set_memory_budget(int(memory_budget_mb * (1 << 20)))
     estimator = XRayAge.load(model_name, threads=threads)
     xlogger = logging.getLogger("xrayage")
     if xlogger.getEffectiveLevel() > logging.INFO:

@@ -47,14 +47,35 @@ def read_api_key(path: Path) -> str:
               type=click.FloatRange(0.1, 3600), help="Per-request limit in seconds (504).")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="ONNX Runtime threads per inference (default: cores / workers).")
+@click.option("--body-timeout", "body_timeout_s", default=30.0, show_default=True,
+              type=click.FloatRange(0.1, 3600),
+              help="Seconds for the whole request body to arrive (408 beyond).")
+@click.option("--min-upload-rate", "min_rate_kb", default=16.0, show_default=True,
+              type=click.FloatRange(0, 1e6),
+              help="Slowest mean upload rate, kB/s, checked after 5 s (408 below).")
+@click.option("--uploads-per-client", default=4, show_default=True,
+              type=click.IntRange(1, 10_000),
+              help="Uploads one client address may send at once (429 beyond).")
+@click.option("--max-uploads", default=32, show_default=True, type=click.IntRange(1, 100_000),
+              help="Uploads received at once from all clients (503 beyond).")
+@click.option("--memory-budget-mb", default=None, type=click.FloatRange(1, 1e6),
+              help="Decode budget of one image, MiB (default 640: one image under 1 GB "
+                   "peak); larger images get 413 (a JPEG decodes at reduced scale).")
+@click.option("--fhir-patient-system", default=None, metavar="URI",
+              help="system of the FHIR patient identifier (default urn:xrayage:patient-id).")
 def serve(host: str, port: int, model_name: str | None, api_key_file: Path | None,
           workers: int, max_queue: int, max_upload_mb: float, timeout_s: float,
-          threads: int | None) -> None:
+          threads: int | None, body_timeout_s: float = 30.0, min_rate_kb: float = 16.0,
+          uploads_per_client: int = 4, max_uploads: int = 32,
+          memory_budget_mb: float | None = None,
+          fhir_patient_system: str | None = None) -> None:
     """Serve the X-ray age API (POST /v1/predict) and the web page at http://HOST:PORT/."""
     import uvicorn
 
+    from ..memory import set_memory_budget
     from ..predict import XRayAge
     from ..serve.app import create_app
+    from ..serve.limits import UploadLimits
 
     api_key = read_api_key(api_key_file) if api_key_file is not None else None
     if api_key is None and not _is_loopback(host):
@@ -62,8 +83,13 @@ def serve(host: str, port: int, model_name: str | None, api_key_file: Path | Non
                        host)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     estimator = XRayAge.load(model_name, threads=threads)
+    if memory_budget_mb is not None:
+        set_memory_budget(int(memory_budget_mb * (1 << 20)))
+    uploads = UploadLimits(body_timeout_s=body_timeout_s, min_rate_bytes_s=min_rate_kb * 1000,
+                           per_client=uploads_per_client, max_uploads=max_uploads)
     app = create_app(estimator, api_key=api_key, max_upload_bytes=int(max_upload_mb * (1 << 20)),
-                     timeout_s=timeout_s, max_queue=max_queue, workers=workers)
+                     timeout_s=timeout_s, max_queue=max_queue, workers=workers,
+                     uploads=uploads, fhir_patient_system=fhir_patient_system)
     logging.getLogger("xrayage").setLevel(logging.INFO)
     click.echo(f"xrayage: serving {estimator.card.name} {estimator.card.version} on "
                f"http://{host}:{port}/ (Ctrl+C to stop)", err=True)

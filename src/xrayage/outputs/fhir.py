@@ -7,7 +7,10 @@ code (:data:`CODE_SYSTEM`), the X-ray age as ``valueQuantity`` in UCUM years
 (``a``) and the interval, chronological age and gaps as components. It is
 ``derivedFrom`` the ImagingStudy, referenced by its Study Instance UID
 (``urn:dicom:uid`` / ``urn:oid:...``); ``subject`` is the Patient, referenced by the
-DICOM Patient ID (FHIR R4 allows only Patient, Group, Device or Location there).
+DICOM Patient ID with a configurable ``system`` (:data:`PATIENT_ID_SYSTEM` by default;
+FHIR R4 allows only Patient, Group, Device or Location there). A PNG/JPEG input gets
+them from ``patient_id=`` and ``study_uid=`` (``xrayage predict --patient-id/--study-uid``
+or manifest columns ``patient_id``/``study_uid``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"
+
+PATIENT_ID_SYSTEM = "urn:xrayage:patient-id"
+"""Default ``system`` of the patient identifier (a placeholder namespace). Set the
+hospital's own (its MRN system URI, or ``urn:oid:`` + the assigning authority's OID) with
+``patient_system=`` / ``--fhir-patient-system``: FHIR servers match patients on
+``system|value``."""
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 CODES = {
@@ -48,7 +57,9 @@ CODES = {
 
 
 def to_fhir_observation(estimate: AgeEstimate, card: ModelCard, *,
-                        decimals: int = 2) -> Observation:
+                        decimals: int = 2, patient_system: str | None = None,
+                        patient_id: str | None = None,
+                        study_uid: str | None = None) -> Observation:
     """Build the FHIR Observation of one estimate.
 
     Parameters
@@ -59,6 +70,11 @@ def to_fhir_observation(estimate: AgeEstimate, card: ModelCard, *,
     card : ModelCard
     decimals : int
         Values are rounded to this many decimals (years).
+    patient_system : str, optional
+        ``system`` of the patient identifier (default :data:`PATIENT_ID_SYSTEM`).
+    patient_id, study_uid : str, optional
+        The patient identifier and Study Instance UID of a non-DICOM input (PNG/JPEG);
+        for a DICOM source they override its header's.
 
     Returns
     -------
@@ -110,7 +126,8 @@ def to_fhir_observation(estimate: AgeEstimate, card: ModelCard, *,
         "note": [{"text": _note(estimate)}],
         "component": components,
     }
-    data.update(_dicom_context(estimate))
+    data.update(_dicom_context(estimate, patient_system or PATIENT_ID_SYSTEM, patient_id,
+                               study_uid))
     return observation.Observation.model_validate(data)
 
 
@@ -169,29 +186,30 @@ def _years(value: float, decimals: int) -> dict[str, Any]:
     return {"value": round(float(value), decimals), "unit": "a", "system": UCUM, "code": "a"}
 
 
-def _dicom_context(estimate: AgeEstimate) -> dict[str, Any]:
-    """subject, derivedFrom and effectiveDateTime from the DICOM source, if any."""
+def _dicom_context(estimate: AgeEstimate, patient_system: str, patient_id: str | None = None,
+                   study_uid: str | None = None) -> dict[str, Any]:
+    """subject, derivedFrom and effectiveDateTime from the DICOM source (or the given ids)."""
     src = estimate.source
     ds = src.dataset if src is not None and src.source_format == "dicom" else None
-    if ds is None:
-        return {}
+    get = ds.get if ds is not None else (lambda _key, default=None: default)
     out: dict[str, Any] = {}
-    if ds.get("StudyInstanceUID"):
+    study = (study_uid or str(get("StudyInstanceUID") or "")).strip()
+    if study:
         display = "Chest radiograph"
-        if ds.get("SOPInstanceUID"):
-            display += f", SOP Instance UID {ds.SOPInstanceUID}"
+        if get("SOPInstanceUID") and not study_uid:
+            display += f", SOP Instance UID {get('SOPInstanceUID')}"
         out["derivedFrom"] = [{
             "type": "ImagingStudy", "display": display,
-            "identifier": {"system": DICOM_UID, "value": f"urn:oid:{ds.StudyInstanceUID}"},
+            "identifier": {"system": DICOM_UID, "value": f"urn:oid:{study}"},
         }]
-    patient_id = str(ds.get("PatientID") or "").strip()
-    if patient_id:
-        identifier: dict[str, Any] = {"value": patient_id}
-        issuer = str(ds.get("IssuerOfPatientID") or "").strip()
-        if issuer:
+    patient = (patient_id or str(get("PatientID") or "")).strip()
+    if patient:
+        identifier: dict[str, Any] = {"system": patient_system, "value": patient}
+        issuer = str(get("IssuerOfPatientID") or "").strip()
+        if issuer and not patient_id:
             identifier["assigner"] = {"display": issuer}
         out["subject"] = {"type": "Patient", "identifier": identifier}
-    date = str(ds.get("StudyDate") or ds.get("AcquisitionDate") or "").strip()
+    date = str(get("StudyDate") or get("AcquisitionDate") or "").strip()
     if len(date) == 8 and date.isdigit():
         out["effectiveDateTime"] = f"{date[:4]}-{date[4:6]}-{date[6:]}"
     return out

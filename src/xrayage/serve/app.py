@@ -18,15 +18,17 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
 
 # without the 'serve' extra, importing xrayage.serve already raised MissingExtraError
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import ClinicalOutputError, MissingExtraError
@@ -34,7 +36,8 @@ from ..estimate import AgeEstimate, FailureKind
 from ..explain import overlay
 from ..pipeline import PredictInput
 from ..predict import XRayAge
-from .limits import GuardMiddleware, InferencePool, Ticket
+from . import redact
+from .limits import GuardMiddleware, InferencePool, Ticket, UploadLimits, error_code
 
 logger = logging.getLogger("xrayage.serve")
 
@@ -81,9 +84,12 @@ class Prediction(BaseModel):
 
 
 class Error(BaseModel):
-    """An error: ``detail`` says what went wrong and what to do."""
+    """An error: ``detail`` says what went wrong and what to do; ``code`` is stable."""
 
     detail: str
+    code: str = Field(description="stable error code, e.g. unreadable, too_large, busy")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="422 invalid_request only: each invalid field (loc, msg, type)")
 
 
 class Health(BaseModel):
@@ -96,8 +102,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Error, "description": text} for code, text in {
         400: "unreadable image (corrupt or truncated)",
         401: "missing or wrong API key",
+        408: "upload too slow (below the minimum rate, or past the body deadline)",
         413: "upload or image too large",
         415: "not multipart/form-data, or not a DICOM, PNG or JPEG image",
+        422: "a field out of range, or a non-finite (NaN/infinite) image or result",
+        429: "too many uploads in flight from this client address",
+        500: "internal error (JSON, never plain text)",
         501: "the requested output needs an extra that is not installed",
         503: "server busy; retry after the Retry-After delay",
         504: "request timed out",
@@ -110,19 +120,22 @@ class _Options:
     heatmap: bool
     sr: bool
     fhir: bool
+    fhir_context: dict[str, str | None] = field(default_factory=dict)
 
 
 class _RefusedError(Exception):
-    def __init__(self, code: int, detail: str) -> None:
+    def __init__(self, code: int, detail: str, error: str | None = None) -> None:
         super().__init__(detail)
         self.code, self.detail = code, detail
+        self.error = error or error_code(code)
 
 
 def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
                api_key: str | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                timeout_s: float = 60.0, max_queue: int = 8, workers: int = 1,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, uploads: UploadLimits | None = None,
+               fhir_patient_system: str | None = None) -> FastAPI:
     """Build the FastAPI application.
 
     Parameters
@@ -143,6 +156,11 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
         Concurrent inference threads.
     max_pixels : int
         Largest decoded image; larger ones (decompression bombs) get 413.
+    uploads : UploadLimits, optional
+        Slow-client protection: body deadline, minimum rate, uploads per client.
+    fhir_patient_system : str, optional
+        ``system`` of the FHIR patient identifier (default
+        :data:`xrayage.outputs.fhir.PATIENT_ID_SYSTEM`).
 
     Returns
     -------
@@ -170,6 +188,7 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
                     "not a medical device.",
     )
     app.state.estimator, app.state.pool = estimator, pool
+    _install_error_handlers(app)
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     async def healthz() -> dict[str, str]:
@@ -197,6 +216,12 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
         q_heatmap: Annotated[bool, Query(alias="heatmap")] = False,
         q_sr: Annotated[bool, Query(alias="sr")] = False,
         q_fhir: Annotated[bool, Query(alias="fhir")] = False,
+        patient_id: Annotated[str | None, Form(max_length=64, description=(
+            "patient identifier for the FHIR subject of a non-DICOM upload"))] = None,
+        study_uid: Annotated[str | None, Form(max_length=64, pattern=r"^[0-9.]+$",
+                                              description=("Study Instance UID for the FHIR "
+                                                           "derivedFrom of a non-DICOM upload"))
+                             ] = None,
     ) -> dict[str, Any]:
         """Estimate the X-ray age of one radiograph.
 
@@ -205,14 +230,17 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
         """
         ticket: Ticket = request.state.xrayage_ticket
         data = await file.read()
-        options = _Options(heatmap or q_heatmap, sr or q_sr, fhir or q_fhir)
+        options = _Options(heatmap or q_heatmap, sr or q_sr, fhir or q_fhir,
+                           {"patient_id": patient_id, "study_uid": study_uid,
+                            "patient_system": fhir_patient_system})
         age = age_years if age_years is not None else q_age_years
         try:
             return await pool.run(ticket, lambda: _predict(
                 estimator, data, age, sex or q_sex, options))
         except _RefusedError as exc:
-            logger.info("upload refused (%d): %s", exc.code, exc.detail)
-            raise HTTPException(exc.code, exc.detail) from None
+            logger.info("upload refused (%d %s): %s", exc.code, exc.error, exc.detail)
+            return JSONResponse({"detail": exc.detail, "code": exc.error},  # type: ignore[return-value]
+                                status_code=exc.code)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -222,12 +250,43 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
     known = frozenset(getattr(r, "path", "") for r in app.routes)
     app.add_middleware(GuardMiddleware, pool=pool, api_key=api_key,
                        max_upload_bytes=max_upload_bytes, timeout_s=timeout_s,
-                       known_paths=known)
+                       known_paths=known, uploads=uploads)
+    redact.install()
     return app
 
 
-_STATUS = {FailureKind.TOO_LARGE: 413, FailureKind.UNSUPPORTED: 415}
-"""HTTP status of an input failure (400 for the others)."""
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error JSON ``{"detail": ..., "code": ...}``: HTTP errors, validation, 500s."""
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = getattr(exc, "code", None) or error_code(exc.status_code)
+        return JSONResponse({"detail": exc.detail, "code": code}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        where = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:]) or 'request'}: {e['msg']}"
+                          for e in errors)
+        return JSONResponse({"detail": f"invalid request: {where}", "code": "invalid_request",
+                             "errors": errors}, status_code=422)
+
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("internal error (%s)", type(exc).__name__)
+        return JSONResponse({"detail": "internal error: the server failed on this request; "
+                             "it was logged without its content", "code": "internal_error"},
+                            status_code=500)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, internal)
+
+
+_STATUS = {FailureKind.TOO_LARGE: 413, FailureKind.UNSUPPORTED: 415,
+           FailureKind.NON_FINITE: 422}
+"""HTTP status of an input failure (400 for the others); its ``code`` is the kind."""
 
 
 def _predict(estimator: XRayAge, data: bytes, age_years: float | None, sex: str | None,
@@ -237,7 +296,8 @@ def _predict(estimator: XRayAge, data: bytes, age_years: float | None, sex: str 
     est = next(estimator.predict_many([item], heatmap=options.heatmap,
                                       keep_radiograph=options.heatmap))
     if est.failure is not None:
-        raise _RefusedError(_STATUS.get(est.failure.kind, 400), est.failure.message)
+        raise _RefusedError(_STATUS.get(est.failure.kind, 400), est.failure.message,
+                            est.failure.kind.value)
     card = estimator.card
     result: dict[str, Any] = est.to_record()
     del result["path"], result["error"]
@@ -272,7 +332,11 @@ def _clinical_outputs(est: AgeEstimate, estimator: XRayAge,
         out["sr_dicom_base64"] = base64.b64encode(buf.getvalue()).decode("ascii")
 
     def fhir() -> None:
-        out["fhir_observation"] = json.loads(to_fhir_observation(est, card).model_dump_json())
+        context = options.fhir_context
+        out["fhir_observation"] = json.loads(to_fhir_observation(
+            est, card, patient_system=context.get("patient_system"),
+            patient_id=context.get("patient_id"),
+            study_uid=context.get("study_uid")).model_dump_json())
 
     for wanted, build in ((options.sr, sr), (options.fhir, fhir)):
         if not wanted:
@@ -283,4 +347,8 @@ def _clinical_outputs(est: AgeEstimate, estimator: XRayAge,
             out["notes"].append(str(exc))
         except MissingExtraError as exc:  # highdicom or fhir.resources
             raise _RefusedError(501, str(exc)) from None
+        except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. a value FHIR refuses
+            raise _RefusedError(422, f"{'sr' if build is sr else 'fhir'}: this estimate "
+                                f"cannot be encoded ({type(exc).__name__})",
+                                "output_invalid") from None
     return out

@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +184,7 @@ class NodeStats:
     def as_dict(self) -> dict[str, int]:
         """The counters (JSON-ready)."""
         with self.lock:
-            return {k: v for k, v in asdict(self).items() if k != "lock"}
+            return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lock"}
 
 
 def instance_tag(sop_instance_uid: str | None) -> str:
@@ -318,6 +318,9 @@ class XRayAgeNode:
         from ..outputs import to_dicom_sr, to_secondary_capture  # fail early without the extra
 
         self._to_sr, self._to_sc = to_dicom_sr, to_secondary_capture
+        import highdicom  # noqa: F401 - its loggers exist now, so redact can cover them
+
+        redact.install()
         card = estimator.card
         self._model = f"{card.name} {card.version}"
         self._temporary = settings.spool_dir is None

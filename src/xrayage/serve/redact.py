@@ -43,12 +43,15 @@ def redact(text: str) -> str:
     Examples
     --------
     >>> redact("Affected SOP Instance UID : 1.2.3.4.5.6")
-    'Affected SOP Instance UID : uid#a6c6f4b21e4f'
-    >>> redact("Transfer syntax 1.2.840.10008.1.2.1")
-    'Transfer syntax 1.2.840.10008.1.2.1'
+    'Affected SOP Instance UID : uid#ffaff041ab50'
+    >>> redact("Transfer syntax 1.2.840.10008.1.2.1 from 127.0.0.1")
+    'Transfer syntax 1.2.840.10008.1.2.1 from 127.0.0.1'
     """
     def uid(match: re.Match[str]) -> str:
         value = match.group(1)
+        parts = value.split(".")
+        if len(parts) == 4 and all(len(p) <= 3 and int(p) <= 255 for p in parts):
+            return value  # an IPv4 address
         return value if value.startswith(_STANDARD_ROOT) else f"uid#{uid_tag(value)}"
 
     text = _UID.sub(uid, text)
@@ -81,8 +84,9 @@ _FILTER = RedactingFilter()
 def install() -> None:
     """Add the filter to every logger under :data:`LOGGERS` that exists now, and to the roots.
 
-    Idempotent. Call it after importing the libraries (their module loggers must exist);
-    :mod:`xrayage.serve.node` and :mod:`xrayage.serve.app` call it on import.
+    Also adds it to the root logger's handlers (the CLI's console), which catches loggers
+    made later. Idempotent. :mod:`xrayage.serve.node` and :mod:`xrayage.serve.app` call
+    it on import and again once their lazily imported libraries are loaded.
     """
     names = [n for n in list(logging.Logger.manager.loggerDict)
              if n.split(".")[0] in LOGGERS]
@@ -90,6 +94,9 @@ def install() -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+    for handler in logging.getLogger().handlers:  # the console of the CLI: later loggers too
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
 
 
 __all__ = ["LOGGERS", "RedactingFilter", "install", "redact", "uid_tag"]
