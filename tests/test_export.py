@@ -127,7 +127,8 @@ def test_gaussian_export_without_training(tmp_path: Path) -> None:
                 "pytorch-lightning_version": pl_version}, ckpt)
     images = [s.path for s in load_dataset(f"manifest:{MANIFEST}?source=nih_cxr14").samples[:3]]
     card = export(ckpt, tmp_path / "m", images=images, val_metrics=False)
-    assert card.outputs == {"age": "age", "log_var": "log_var", "cam": "cam"}
+    assert card.outputs == {"age": "age", "log_var": "log_var", "cam": "cam",
+                            "features": "features"}
     out = AgeModel(tmp_path / "m").run(np.zeros((2, 1, 64, 64), np.float32), cam=True)
     assert out.sigma is not None and np.all(out.sigma > 0) and out.cam.shape == (2, 2, 2)
 

@@ -291,6 +291,8 @@ def test_sigterm_part_way_then_restart(setup: tuple[Node, Orthanc], corpus: Corp
         assert sender.wait(180) == 0
     check_exactly_once(node, orthanc, corpus)
     assert node.terminate() == 0
+    # sent once each, across both starts: not merely deduplicated by Orthanc
+    assert node.log.read_text(errors="replace").count("result object(s) sent to") == N_IMAGES
 
 
 def test_destination_down_for_30_s_loses_nothing(setup: tuple[Node, Orthanc],

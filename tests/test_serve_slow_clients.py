@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from xrayage import XRayAge
 from xrayage.serve.app import create_app
 from xrayage.serve.limits import ERROR_CODES, UploadLimits
 
+from .dicom_factory import to_bytes
 from .onnx_factory import build_tiny_model
-from .serve_support import SlowXRayAge, gray_png, live_server
+from .serve_support import SlowXRayAge, chest_dataset, gray_png, live_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -161,6 +163,13 @@ def test_every_route_answers_every_error_as_json(tiny: Path) -> None:
                                  files={"file": ("a", png)}), 422, "invalid_request")
         assert_json_error(c.post("/v1/predict", headers=auth, files={"other": ("a", png)}), 422,
                           "invalid_request")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns of the invalid DS value
+            nan = to_bytes(chest_dataset(WindowCenter="nan", WindowWidth="400"))
+        for query in ("", "?sr=true&fhir=true"):
+            r = c.post(f"/v1/predict{query}", headers=auth, files={"file": ("a", nan)})
+            assert_json_error(r, 422, "non_finite")
+            assert "NaN or infinite" in r.json()["detail"]
         broken = {"Content-Type": "multipart/form-data; boundary=zz", **auth}
         r = c.post("/v1/predict", headers=broken, content=b"--zz\r\nbroken")
         assert r.status_code in (400, 422)
