@@ -31,7 +31,8 @@ def test_calibrate_updates_card(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "m", conformal=False, bias=False)
     sha = ModelCard.load(model_dir).onnx_sha256
     write_predictions(tmp_path / "held_out.csv", 600)
-    assert main(["calibrate", str(model_dir), str(tmp_path / "held_out.csv")]) == 0
+    assert main(["calibrate", str(model_dir), str(tmp_path / "held_out.csv"),
+                 "--in-place"]) == 0
     card = ModelCard.load(model_dir)
     assert card.onnx_sha256 == sha
     assert card.bias_correction.slope == pytest.approx(0.7, abs=0.05)
@@ -46,11 +47,32 @@ def test_calibrate_reads_the_legacy_age_column_with_a_warning(tmp_path: Path) ->
     model_dir = build_tiny_model(tmp_path / "m", conformal=False, bias=False)
     write_predictions(tmp_path / "old.csv", 100, age_column="chronological_age")
     with pytest.warns(XRayAgeDeprecationWarning, match="'chronological_age'"):
-        assert main(["calibrate", str(model_dir), str(tmp_path / "old.csv")]) == 0
+        assert main(["calibrate", str(model_dir), str(tmp_path / "old.csv"), "--in-place"]) == 0
     assert ModelCard.load(model_dir).bias_correction.n == 100
 
 
 def test_calibrate_needs_enough_rows(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "m")
     write_predictions(tmp_path / "few.csv", 5)
-    assert main(["calibrate", str(model_dir), str(tmp_path / "few.csv")]) == 2
+    assert main(["calibrate", str(model_dir), str(tmp_path / "few.csv"), "--in-place"]) == 2
+
+
+def test_calibrate_never_changes_the_model_it_reads_unless_asked(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m", conformal=False, bias=False)
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    write_predictions(tmp_path / "held_out.csv", 100)
+    # neither --out nor --in-place: a usage error, nothing written
+    assert main(["calibrate", str(model_dir), str(tmp_path / "held_out.csv")]) == 2
+    both = ["--out", str(tmp_path / "x"), "--in-place"]
+    assert main(["calibrate", str(model_dir), str(tmp_path / "held_out.csv"), *both]) == 2
+    out = tmp_path / "calibrated"
+    assert main(["calibrate", str(model_dir), str(tmp_path / "held_out.csv"),
+                 "--out", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    assert ModelCard.load(model_dir).bias_correction is None
+    assert ModelCard.load(out).bias_correction.n == 100
+    assert ModelCard.load(out).onnx_sha256 == ModelCard.load(model_dir).onnx_sha256
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+    # an existing, non-empty --out is refused
+    assert main(["calibrate", str(model_dir), str(tmp_path / "held_out.csv"),
+                 "--out", str(out)]) == 2

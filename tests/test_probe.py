@@ -135,7 +135,7 @@ def test_probe_train_export_predict(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert card["extra"]["taps"] == ["layer2"] and "ridge" in card["architecture"]
     assert card["extra"]["grid"] == 2 and "2x2 grid pooling" in card["architecture"]
     # the out-of-fold predictions calibrate the model
-    assert main(["calibrate", str(model_dir), str(run / "probe_oof.csv")]) == 0
+    assert main(["calibrate", str(model_dir), str(run / "probe_oof.csv"), "--in-place"]) == 0
     card = json.loads((model_dir / "model_card.json").read_text())
     assert card["conformal"]["n"] == len(oof)
     capsys.readouterr()

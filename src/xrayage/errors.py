@@ -38,6 +38,14 @@ class ModelError(XRayAgeError, RuntimeError):
     """A model file or model card is missing, corrupt or inconsistent."""
 
 
+class ModelNotFoundError(ModelError, ValueError):
+    """The model named is not there, or the file given is not a model: bad usage or input.
+
+    The command line exits 2 for it, as for any bad input, and 1 for other model errors
+    (a bundled model's file missing or corrupt).
+    """
+
+
 class MissingExtraError(XRayAgeError, ImportError):
     """An optional dependency group (a pip extra) is needed but not installed."""
 

@@ -15,13 +15,15 @@ Loading TorchScript runs code from the file: import only files you trust.
 from __future__ import annotations
 
 import logging
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .card import ModelCard, PreprocessSpec, sha256_file
-from .errors import ModelError
+from .errors import ModelError, ModelNotFoundError
 from .extras import require
 
 logger = logging.getLogger(__name__)
@@ -76,13 +78,17 @@ def import_torchscript(file: str | Path, out_dir: str | Path, preset: str = "rik
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     settings = dict(PRESETS[preset])
     spec: PreprocessSpec = settings.pop("preprocessing")
+    if not zipfile.is_zipfile(file):  # a TorchScript file is a zip archive
+        raise ModelNotFoundError(f"{file}: not a TorchScript model (not a zip archive)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     logger.warning("loading TorchScript %s: it runs code from the file", Path(file).name)
     try:
-        scripted = torch.jit.load(str(file), map_location="cpu").eval()
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates jit.load; it still works
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            scripted = torch.jit.load(str(file), map_location="cpu").eval()
     except (RuntimeError, ValueError, OSError) as exc:
-        raise ModelError(f"{file}: not a loadable TorchScript model ({exc})") from exc
+        raise ModelNotFoundError(f"{file}: not a loadable TorchScript model ({exc})") from exc
 
     size = spec.image_size
     if verify_inputs is None:

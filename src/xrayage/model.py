@@ -25,7 +25,7 @@ import numpy as np
 
 from .card import ModelCard, sha256_file
 from .content import ContentChecks
-from .errors import ModelError
+from .errors import ModelError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None) -> Pat
     bundled = Path(str(resources.files("xrayage") / "models" / name))
     if bundled.is_dir():
         return bundled
-    raise ModelError(
+    raise ModelNotFoundError(
         f"no model {name!r}: give a directory with model.onnx and model_card.json, "
         f"or one of the bundled models {bundled_models()}"
     )
