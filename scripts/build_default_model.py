@@ -3,6 +3,7 @@
 Usage (from the repository root, with the ``train`` extra installed)::
 
     python scripts/build_default_model.py [--shared ../shared/data] [--work /tmp/xrayage-build]
+    python scripts/build_default_model.py --weights-only --work .   # step 1 only
 
 Steps, each with the package's own pipeline:
 
@@ -86,7 +87,15 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="hold these patients out and score the exported model on them "
                              "too (0.2: the earlier 80/20 evaluation of the same recipe)")
+    parser.add_argument("--weights-only", action="store_true",
+                        help="only build WORK/legacy_xception_imagenet.safetensors (the "
+                             "ImageNet Xception weights for `xrayage train --init-weights`), "
+                             "print its path and stop")
     args = parser.parse_args()
+    if args.weights_only:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(imagenet_weights(args.work))
+        return
 
     from xrayage.calibration import calibrate_card
     from xrayage.card import ModelCard

@@ -128,6 +128,12 @@ def test_bad_output_suffix(tiny: Path, inputs: Path, tmp_path: Path) -> None:
                  "--model", str(tiny)]) == 2
 
 
+def test_unknown_model_is_bad_usage(inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", str(inputs), "--model", "nosuchmodel"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no model 'nosuchmodel'" in err
+
+
 def test_manifest_repeats_each_give_a_row_and_resume(tiny: Path, inputs: Path,
                                                      tmp_path: Path) -> None:
     """42 rows over 40 paths give 42 rows, with -o too; a resumed run adds only the rest."""

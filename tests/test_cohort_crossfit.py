@@ -160,4 +160,8 @@ def test_crossfit_cli_ridge_head_with_views(tmp_path: Path) -> None:
         info = json.loads((run / f"fold{i}" / "run.json").read_text())
         assert info["head"] == "ridge" and info["probe_views"] == 2
     with open(run / "oof_predictions.csv", encoding="utf-8") as handle:
-        assert len(list(csv.DictReader(handle))) == 30
+        oof = list(csv.DictReader(handle))
+    assert len(oof) == 30
+    # the manifest's views reach the quality checks: no "view unknown" where a view is given
+    assert all(r["view"] for r in oof)
+    assert not [r["path"] for r in oof if "view_unknown" in r["qc_reasons"]]

@@ -255,3 +255,11 @@ class TestBadDicom:
         pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True)
         with pytest.raises(XRayAgeInputError):
             read_radiograph(buf.getvalue())
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.5, 0.99])
+def test_a_truncated_dicom_is_called_truncated(keep: float) -> None:
+    """A file cut short (an interrupted copy) says so, not "not a DICOM image"."""
+    data = to_bytes(make_dataset())
+    with pytest.raises(XRayAgeInputError, match="truncated or corrupt DICOM"):
+        read_radiograph(data[: max(200, int(len(data) * keep))])

@@ -68,3 +68,14 @@ def test_wrong_interface_fails_verification(tmp_path: Path) -> None:
     torch.jit.save(torch.jit.script(Noisy()), str(path))
     with pytest.raises(Exception, match="differ"):
         import_torchscript(path, tmp_path / "o", verify_inputs=np.zeros((2, 3, 320, 320)))
+
+
+def test_import_of_a_text_file_is_bad_input_in_one_line(tmp_path: Path,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    assert main(["import-torchscript", str(text), "--preset", "riken",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "not a TorchScript model" in err
+    assert "FutureWarning" not in err and not (tmp_path / "out").exists()

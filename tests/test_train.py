@@ -125,6 +125,44 @@ def test_inference_modules_do_not_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
+@pytest.mark.parametrize(("option", "message"), [
+    (["--backbone", "nosuchnet"], "no such timm model"),
+    (["--image-size", "8"], "--image-size 8"),
+    (["--data", "bogus:x"], "must be ADAPTER:PATH"),
+    (["--data", "manifest:/no/such/manifest.csv"], "does not exist"),
+    (["--init-weights", "/no/such.safetensors"], "no such file"),
+])
+def test_train_checks_every_option_before_any_work(
+        tmp_path: Path, option: list[str], message: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from xrayage.cli.main import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,age_years\n")
+    args = {"--data": f"manifest:{manifest}", "--backbone": "resnet18", "--image-size": "64"}
+    args.update(dict(zip(option[::2], option[1::2], strict=True)))
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *[x for kv in args.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not run.exists()  # nothing built, not even the run folder
+
+
+@pytest.mark.data
+def test_cache_only_names_the_cache_not_a_checkpoint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xrayage.cli.main import main
+
+    manifest = write_nih_subset(tmp_path, 4)
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"manifest:{manifest}", "--out", str(run), "--backbone",
+                 "resnet18", "--image-size", "64", "--cache-only", "--no-progress",
+                 "--cache-workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "best checkpoint" not in out and out.startswith("cache: ")
+    assert not (run / "checkpoints").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.data
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:

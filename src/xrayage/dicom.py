@@ -227,7 +227,9 @@ def read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
 
 def _read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=not is_dicom(data))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(io.BytesIO(data), force=not is_dicom(data))
     except (
         InvalidDicomError,
         EOFError,
@@ -244,6 +246,11 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
         raise XRayAgeInputError(
             f"{name}: not a readable DICOM file ({type(exc).__name__})"
         ) from exc
+    # pydicom stops quietly (a warning, an empty data set) where the bytes end early
+    ended_early = any("End of file" in str(w.message) for w in caught)
+    if ended_early or (len(ds) == 0 and is_dicom(data)):
+        raise XRayAgeInputError(f"{name}: truncated or corrupt DICOM file (the data ends "
+                                f"before the image is complete; {len(data)} bytes)")
     if "SOPClassUID" not in ds and "Rows" not in ds:
         raise XRayAgeInputError(f"{name}: not a DICOM image (no SOP class, no image module)")
     rows, cols, frames, samples = _check_header(ds, name, max_pixels)
@@ -251,6 +258,10 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
         arr = ds.pixel_array if frames == 1 else pydicom.pixels.pixel_array(ds, index=0)
         arr = np.asarray(arr)
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
+        if _native_pixels_short(ds, rows * cols * frames * samples):
+            raise XRayAgeInputError(
+                f"{name}: truncated or corrupt DICOM file (the pixel data is shorter than "
+                f"{rows} x {cols} pixels need; {len(data)} bytes)") from exc
         raise XRayAgeInputError(
             f"{name}: DICOM pixel data cannot be decoded "
             f"(transfer syntax {getattr(ds.file_meta, 'TransferSyntaxUID', '?')}: "
@@ -299,6 +310,15 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
         name=name,
         dataset=header,
     )
+
+
+def _native_pixels_short(ds: Dataset, values: int) -> bool:
+    """Whether uncompressed pixel data holds fewer bytes than `values` pixels need."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or getattr(syntax, "is_compressed", True) or "PixelData" not in ds:
+        return False
+    bits = int(ds.get("BitsAllocated") or 16)
+    return len(ds.PixelData) < values * bits // 8
 
 
 def _bits_stored(ds: Dataset) -> int:

@@ -124,7 +124,7 @@ def train(
 
     with input_errors():
         best = train_model(cfg)
-    click.echo(f"best checkpoint: {best}")
+    click.echo(f"cache: {best}" if cache_only else f"best checkpoint: {best}")
 
 
 def parse_taps(text: object) -> list[str] | None:

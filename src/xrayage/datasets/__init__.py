@@ -108,6 +108,23 @@ def portable_spec(spec: str) -> str:
     return f"{name}:{cut(path)}" + (f"?{query}" if query else "")
 
 
+def check_spec(spec: str) -> None:
+    """Check a spec without reading the dataset: adapter, options and that its path exists.
+
+    Raises
+    ------
+    ValueError
+        Bad syntax, an unknown adapter or option, or a path that does not exist.
+    """
+    name, path, options = parse_spec(spec)
+    allowed = set(inspect.signature(ADAPTERS[name][0]).parameters) - {"root"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {sorted(unknown)}; allowed {sorted(allowed)}")
+    if not Path(path).exists():
+        raise ValueError(f"dataset spec {spec!r}: {path} does not exist")
+
+
 def load_dataset(spec: str, role: str = "train") -> Dataset:
     """Read a dataset from its spec.
 

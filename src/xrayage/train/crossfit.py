@@ -82,8 +82,9 @@ def crossfit(cfg: Any, k: int = 5, predictions: str | Path | None = None,
     """
     from ..predict import PredictInput, XRayAge
     from .export import export
-    from .fit import train_model
+    from .fit import check_config, train_model
 
+    check_config(cfg)  # every option, before any fold's work
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
@@ -127,8 +128,9 @@ def crossfit(cfg: Any, k: int = 5, predictions: str | Path | None = None,
         else:
             card = export(train_model(fold_cfg), fold_dir / "model", val_metrics=False)
         estimator = XRayAge.load(fold_dir / "model", threads=threads)
+        # the manifest's sex and view override the header's, as in ``xrayage predict``
         items = [PredictInput(source=s.path, name=str(s.path), age_years=s.age_years,
-                              sex=s.sex) for s in test]
+                              sex=s.sex or None, view=s.view or None) for s in test]
         for s, est in zip(test, estimator.predict_many(items), strict=True):
             rows.append({**est.to_record(), "fold": i, "patient_id": s.patient_id,
                          "age_years": s.age_years, "sex": s.sex, "view": s.view,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import numpy as np
 
 from ..card import PreprocessSpec
-from ..datasets import Dataset, filter_samples, load_dataset
+from ..datasets import Dataset, check_spec, filter_samples, load_dataset
 from ..datasets.splits import Split, split_patients
 from .cache import ImageCache, build_cache
 
@@ -159,21 +159,61 @@ def prepare(cfg: TrainConfig) -> tuple[list[Dataset], Split, ImageCache, dict[st
     return datasets, split, cache, info
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Check every option before any work: backbone, sizes, data specs, files, head options.
+
+    Raises
+    ------
+    ValueError
+        The first bad option, in one line.
+    """
+    import timm
+
+    if cfg.head not in ("trained", "ridge"):
+        raise ValueError(f"head must be 'trained' or 'ridge', not {cfg.head!r}")
+    if cfg.head == "trained" and cfg.ridge_views:
+        raise ValueError("ridge views are augmented copies for the ridge head only; a trained "
+                         "head augments every epoch (use --head ridge, or drop --ridge-views)")
+    if cfg.head == "trained" and cfg.ridge_crossfit:
+        raise ValueError("--ridge-crossfit scores the ridge head only; for a trained head use "
+                         "`xrayage crossfit`")
+    if not timm.is_model(cfg.backbone):
+        close = timm.list_models(f"*{cfg.backbone.split('.')[0][:6]}*")[:5]
+        raise ValueError(f"--backbone {cfg.backbone!r}: no such timm model"
+                         + (f" (similar: {', '.join(close)})" if close else ""))
+    if not 32 <= cfg.image_size <= 4096:
+        raise ValueError(f"--image-size {cfg.image_size}: give 32 to 4096 pixels")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction {cfg.val_fraction}: give 0 to < 1")
+    for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} {value}: give at least 1")
+    if cfg.lr <= 0:
+        raise ValueError(f"--lr {cfg.lr}: give a positive learning rate")
+    if cfg.min_age is not None and cfg.max_age is not None and cfg.min_age > cfg.max_age:
+        raise ValueError(f"--min-age {cfg.min_age} is above --max-age {cfg.max_age}")
+    for label, file in (("--init-weights", cfg.init_weights), ("--resume", cfg.resume)):
+        if file and not Path(file).is_file():
+            raise ValueError(f"{label} {file}: no such file")
+    if not cfg.data:
+        raise ValueError("no --data given")
+    for spec in cfg.data:
+        check_spec(spec)
+
+
 def train_model(cfg: TrainConfig) -> Path:
     """Train as ``cfg.head`` says (``trained``: :func:`fit`; ``ridge``: a linear probe);
-    return the checkpoint."""
+    return the checkpoint, or with ``cfg.cache_only`` the cache directory.
+
+    Every option is checked first (:func:`check_config`), before any data is read.
+    """
+    check_config(cfg)
+    if cfg.cache_only:
+        return Path(prepare(cfg)[2].directory)
     if cfg.head == "ridge":
         from .probe import fit_linear_probe
 
         return fit_linear_probe(cfg)
-    if cfg.head != "trained":
-        raise ValueError(f"head must be 'trained' or 'ridge', not {cfg.head!r}")
-    if cfg.ridge_views:
-        raise ValueError("ridge views are augmented copies for the ridge head only; a trained "
-                         "head augments every epoch (use --head ridge, or drop --ridge-views)")
-    if cfg.ridge_crossfit:
-        raise ValueError("--ridge-crossfit scores the ridge head only; for a trained head use "
-                         "`xrayage crossfit`")
     return fit(cfg)
 
 
