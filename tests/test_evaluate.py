@@ -83,3 +83,67 @@ def test_split_needs_run_dir(setup: tuple[Path, Path]) -> None:
     manifest, model = setup
     with pytest.raises(ValueError, match="run-dir"):
         evaluate(f"manifest:{manifest}", model, split="val")
+
+
+def _set_training_data(model: Path, training_data: list[dict]) -> None:
+    card_path = model / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["training_data"] = training_data
+    card_path.write_text(json.dumps(card))
+
+
+@pytest.mark.data
+def test_warns_when_evaluated_patients_were_trained_on(
+        setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    from xrayage.insample import new_salt, patient_record
+
+    manifest, model = setup
+    with open(manifest, newline="") as handle:
+        patients = [r["patient_id"] for r in csv.DictReader(handle)]
+    trained = set(patients[:5])
+    record = patient_record(sorted(trained), new_salt())
+    assert not set(record["sha256"]) & trained and len(record["sha256"]) == len(trained)
+    _set_training_data(model, [{"name": "nih_cxr14", "sources": ["nih_cxr14"],
+                                "training_patients": record}])
+    assert main(["evaluate", f"manifest:{manifest}", "--model", str(model), "--json"]) == 0
+    captured = capsys.readouterr()
+    notes = json.loads(captured.out)["notes"]
+    hits = sum(p in trained for p in patients)
+    assert any(n.startswith(f"IN-SAMPLE: {hits} of 14 evaluated images") for n in notes)
+    assert any(r.levelname == "WARNING" and "IN-SAMPLE" in r.getMessage()
+               for r in caplog.records)  # on stderr, through the command line's log
+    # patients it never saw: no warning
+    _set_training_data(model, [{"name": "nih_cxr14", "sources": ["nih_cxr14"],
+                                "training_patients": patient_record(["nih:0"], new_salt())}])
+    assert not any("IN-SAMPLE" in n for n in evaluate(str(manifest), model).notes)
+
+
+@pytest.mark.data
+def test_a_card_without_patients_warns_by_source(setup: tuple[Path, Path]) -> None:
+    manifest, model = setup
+    _set_training_data(model, [{"name": "nih_cxr14", "sources": ["nih_cxr14"]}])
+    notes = evaluate(f"manifest:{manifest}", model).notes
+    assert any(n.startswith("POSSIBLY IN-SAMPLE: 14 of 14") and "nih_cxr14" in n
+               for n in notes)
+
+
+def test_the_bundled_card_records_its_training_patients() -> None:
+    from xrayage.card import ModelCard
+    from xrayage.insample import patient_digest
+    from xrayage.model import resolve_model_dir
+
+    entry = ModelCard.load(resolve_model_dir()).training_data[0]
+    record = entry["training_patients"]
+    assert len(record["sha256"]) == entry["patients"] == 538 and len(record["salt"]) == 32
+    assert patient_digest(record["salt"], "nih:1") in record["sha256"]  # an NIH patient it saw
+
+
+@pytest.mark.data
+def test_progress_bar_stays_off_when_stderr_is_not_a_terminal(
+        setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, model = setup
+    result = evaluate(str(manifest), model, progress=True)
+    assert result.metrics["n"] == 12
+    err = capsys.readouterr().err
+    assert "evaluate" not in err and "━" not in err

@@ -54,7 +54,7 @@ def test_import_riken_preset_round_trip(tmp_path: Path) -> None:
 def test_not_torchscript_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model" * 10)
-    assert main(["import-torchscript", str(bad), "--out", str(tmp_path / "o")]) == 1
+    assert main(["import-torchscript", str(bad), "--out", str(tmp_path / "o")]) == 2  # bad input
 
 
 def test_wrong_interface_fails_verification(tmp_path: Path) -> None:

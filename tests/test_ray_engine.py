@@ -151,3 +151,22 @@ def test_cli_refuses_what_ray_cannot_do(extra: list[str], tmp_path: Path) -> Non
     args = ["predict", str(tmp_path), "--engine", "ray"]
     assert main([*args, *[str(tmp_path / e) if e in ("x.csv", "h") else e
                           for e in extra]]) == 2
+
+
+@pytest.mark.slow
+def test_a_successful_run_prints_nothing_of_ray(tiny: Path, manifest: Path,
+                                                tmp_path: Path) -> None:
+    """Started by the command (no cluster running): one summary line on stderr, no Ray log."""
+    import subprocess
+    import sys
+
+    small = first_rows(manifest, 4, tmp_path / "small.csv")
+    proc = subprocess.run(
+        [sys.executable, "-m", "xrayage.cli.main", "predict", str(small), "-o",
+         str(tmp_path / "out.csv"), "--model", str(tiny), "--engine", "ray",
+         "--num-workers", "1"],
+        capture_output=True, text=True, timeout=200,
+        env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xrayage (ray): 4 inputs"), proc.stderr

@@ -38,8 +38,9 @@ def test_report_shows_result_images_and_card(nema: AgeEstimate, estimator: XRayA
     assert f"{nema.xray_age_lower:.1f} \u2013 {nema.xray_age_upper:.1f} y" in page
     assert f"{nema.age_gap_corrected:+.1f} y" in page and "NOT FOR DIAGNOSTIC USE" in page
     assert "tiny-test 0" in page and "90% split-conformal interval (n = 100)" in page
-    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2  # radiograph and heat map
+    assert page.count('class="scale"') == 1 and "dark = least, bright = most" in page
     for data in images:
         assert Image.open(io.BytesIO(base64.b64decode(data))).size == (480, 480)
     assert "<svg" in page and "percentile" in page
@@ -80,3 +81,16 @@ def test_png_report_and_escaping(estimator: XRayAge) -> None:
     assert "&lt;i onclick=x&gt;chest.png" in page and "<i onclick" not in page
     assert "chronological age unknown" in page  # the QC message, in words
     assert "No gap" in page
+
+
+def test_training_data_reads_as_words() -> None:
+    from xrayage.card import ModelCard
+    from xrayage.model import resolve_model_dir
+    from xrayage.outputs.report import _card
+
+    card = ModelCard.load(resolve_model_dir())
+    row = next(line for line in _card(card).split("</tr>") if "Training data" in line)
+    assert "NIH ChestX-ray14: 809 images, 538 patients, age 18-85 y" in row
+    assert row.count("Wang et al.") == 1  # the licence once
+    text = re.sub(r"<[^>]+>", "", row)
+    assert "{" not in text and "manifest" not in text and "/" not in text  # no dict, no path

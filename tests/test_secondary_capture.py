@@ -78,3 +78,36 @@ def test_png_input_is_refused(estimator: XRayAge) -> None:
     with pytest.raises(ClinicalOutputError, match=r"chest\.png: no DICOM Secondary Capture"):
         to_secondary_capture(est, estimator.card)
     assert render_summary_image(est, estimator.card).mode == "RGB"  # the image itself works
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("max_side", [256, 1024])
+def test_the_text_band_is_wrapped_never_cut(estimate: AgeEstimate, estimator: XRayAge,
+                                            max_side: int) -> None:
+    """A long model name wraps onto more lines; no text reaches the right edge."""
+    card = replace(estimator.card, name="a-model-with-a-rather-long-name-for-the-band",
+                   version="2026.12.01-build-with-a-long-version")
+    est = estimate
+    image = np.asarray(render_summary_image(est, card, max_side=max_side))
+    side = image.shape[1]
+    pad = max(12, side // 40) // 2
+    band = image[side:]
+    assert band[:, -pad:].max() == 0  # the right margin stays black: nothing cut off
+    lines = summary_lines(est, card)
+    assert any("Heat map" in line for line in lines)
+    # the legend's colour bar is drawn: dark to bright along one row of the band
+    bar_rows = [row for row in band if np.ptp(row[: 5 * pad, 0].astype(int)) > 150]
+    assert bar_rows
+
+
+def test_wrap_text_fits_the_width() -> None:
+    from PIL import ImageFont
+
+    from xrayage.outputs.secondary_capture import wrap_text
+
+    font = ImageFont.load_default(size=20)
+    text = "Model xrayage-default 0.3 (xrayage 0.2.0)   Heat map: contribution, bright = most"
+    lines = wrap_text(text, font, 200)
+    assert len(lines) > 1 and " ".join(lines).split() == text.split()
+    assert all(font.getlength(line) <= 200 for line in lines)
+    assert all(font.getlength(part) <= 50 for part in wrap_text("x" * 40, font, 50))

@@ -183,3 +183,14 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert any(k.startswith("net.head.") for k in last["state_dict"])
     run = json.loads((out / "run.json").read_text())
     assert run["preprocessing"]["image_size"] == 64 and (out / "split.json").is_file()
+
+
+def test_lightning_lines_print_once() -> None:
+    code = ("import logging; logging.basicConfig(level=logging.WARNING); "
+            "import lightning.pytorch; "
+            "from xrayage.train.fit import print_lightning_once; print_lightning_once(); "
+            "from lightning.pytorch.utilities.rank_zero import rank_zero_info; "
+            "rank_zero_info('GPU available: said once')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stderr
+    assert err.count("said once") == 1, err

@@ -11,16 +11,17 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .content import REJECT_CODES
 from .datasets import filter_samples, load_dataset
 from .datasets.splits import Split
+from .insample import in_sample_notes
 from .metrics import age_band, age_metrics, grouped_metrics
 from .model import load_model
 from .pipeline import PredictInput
@@ -28,6 +29,8 @@ from .predict import XRayAge
 from .quality import QualityStatus
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 JSON_KEYS = ("n", "mae", "rmse", "bias", "r", "r2", "icc", "mae_no_skill")
 
@@ -79,6 +82,7 @@ def evaluate(
     adults_only: bool = False,
     threads: int | None = None,
     tta: bool = False,
+    progress: bool = False,
 ) -> Evaluation:
     """Score a model on a dataset, through the same stages as ``xrayage predict``.
 
@@ -103,6 +107,8 @@ def evaluate(
         ONNX Runtime threads.
     tta : bool
         Average test-time augmented views, as ``predict --tta``.
+    progress : bool
+        Show a progress bar on stderr (rich; only when stderr is a terminal).
 
     Returns
     -------
@@ -122,7 +128,10 @@ def evaluate(
         raise ValueError(f"{dataset}: no samples to evaluate after filtering")
     estimator = XRayAge(load_model(model, threads=threads), tta=tta, batch_size=batch_size,
                         allow=() if qc else REJECT_CODES)
-    notes: list[str] = []
+    notes = in_sample_notes(estimator.card.training_data, [s.patient_id for s in samples],
+                            [s.source for s in samples])
+    for note in notes:
+        logger.warning("%s", note)
     median = estimator.card.metrics.get("train_median_age")
     if median is None:
         notes.append("no training median in the model card: mae_no_skill uses the evaluated "
@@ -131,7 +140,8 @@ def evaluate(
              for s in samples]
     predictions: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
-    estimates = estimator.predict_many(items, checks=None if qc else [])
+    estimates = _with_progress(estimator.predict_many(items, checks=None if qc else []),
+                               len(items), progress)
     for s, est in zip(samples, estimates, strict=True):
         if est.xray_age is None:
             failed = est.failure is not None
@@ -147,6 +157,30 @@ def evaluate(
         logger.warning("%d of %d images not scored: %s", len(problems), len(samples),
                        ", ".join(f"{n} {why}" for why, n in excluded(problems).items()))
     return Evaluation(*score(predictions, median), predictions, problems, notes)
+
+
+def _with_progress(items: Iterator[T], total: int, show: bool) -> Iterator[T]:
+    """Yield `items`, advancing a rich progress bar on stderr when `show` and stderr is a
+    terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True,
+                  disable=not (show and console.is_terminal)) as bar:
+        task = bar.add_task("evaluate", total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
 
 
 def excluded(problems: Sequence[dict[str, Any]]) -> dict[str, int]:

@@ -69,7 +69,8 @@ def evaluate(dataset: str, model: str | None, as_json: bool, plots: Path | None,
     with input_errors():
         result = run_evaluation(dataset, model, split=split, run_dir=run_dir,
                                 batch_size=batch_size, qc=not no_qc, all_views=all_views,
-                                adults_only=adults_only, threads=threads, tta=tta)
+                                adults_only=adults_only, threads=threads, tta=tta,
+                                progress=True)
     if plots is not None and result.predictions:
         plot(result, plots)
     if predictions is not None:

@@ -55,6 +55,10 @@ def cli(verbose: int) -> None:
     """X-ray age: the age a deep network reads from a frontal chest radiograph."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # A refused file gets one line, its reason (XRayAgeInputError); pydicom's own
+        # warnings and logged tracebacks about the same file come back with -v.
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -162,6 +162,6 @@ def load_dataset(spec: str, role: str = "train") -> Dataset:
 
 
 __all__ = [
-    "ADAPTERS", "FRONTAL_VIEWS", "Dataset", "Sample", "filter_samples", "load_dataset",
-    "parse_spec", "portable_spec",
+    "ADAPTERS", "FRONTAL_VIEWS", "Dataset", "Sample", "check_spec", "filter_samples",
+    "load_dataset", "parse_spec", "portable_spec",
 ]

@@ -23,12 +23,15 @@ storage every node sees at the same path (a shared file system).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
+import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,13 +283,60 @@ def _default_workers(ray: Any, gpu: bool, actor_cpus: float) -> int:
     return max(1, int(resources.get("CPU", 2) // (2 * max(actor_cpus, 1.0))))
 
 
+QUIET_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+"""Ray's Python loggers, held at WARNING (ERROR for ``ray`` itself) unless ``-v`` is given."""
+
+
 def _connect(ray: Any, address: str | None) -> bool:
-    """Connect to (or start) Ray; True if this call started it (and must shut it down)."""
+    """Connect to (or start) Ray; True if this call started it (and must shut it down).
+
+    Unless the command line asked for INFO logs (``-v``), a successful run prints nothing
+    of Ray's: its Python loggers are held at WARNING (the ``ray`` logger at ERROR: its one
+    warning on a start is the token-authentication notice), Ray Data's progress log is
+    off, and the driver's C++ log (which logs, at error level, that actors restart with
+    constructor arguments in the object store: every Ray Data actor pool does) stops at
+    fatal. The cluster's own log files keep everything.
+    """
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
+    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
+    backend = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+    if quiet and backend is None:
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    try:
+        with _held_stderr(quiet):
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR if quiet else logging.INFO)
+    finally:
+        if quiet and backend is None:
+            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+    if quiet:
+        for name in QUIET_RAY_LOGGERS:  # Ray Data's progress log is INFO: held back too
+            logging.getLogger(name).setLevel(logging.ERROR if name == "ray" else logging.WARNING)
     return True
+
+
+@contextlib.contextmanager
+def _held_stderr(hold: bool) -> Iterator[None]:
+    """Hold back what C++ code writes to file descriptor 2 (Ray's start-up log line), and
+    write it out after all if the block fails."""
+    if not hold:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _add(total: dict[str, int], more: dict[str, int]) -> None:

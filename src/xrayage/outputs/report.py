@@ -23,13 +23,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..card import ModelCard
 from ..estimate import AgeEstimate
-from ..explain import overlay
+from ..explain import LEGEND, colour_bar, overlay
 from ..preprocess import square
 from ._common import DISCLAIMER, coverage, model_label, software_label
 
@@ -109,7 +110,7 @@ def render_report(estimate: AgeEstimate, card: ModelCard) -> str:
         if estimate.heatmap is not None:
             figures.append(_figure(
                 overlay(rg.pixels, estimate.heatmap, card.preprocessing, max_side=IMAGE_SIDE),
-                "Heat map: contribution to the X-ray age (bright = older)"))
+                LEGEND, extra=_legend()))
         images = f'<div class="images">{"".join(figures)}</div>'
     return _PAGE.format(
         title=esc(f"X-ray age report: {Path(estimate.path).name}"),
@@ -235,8 +236,8 @@ def _card(card: ModelCard) -> str:
     rows = [("Model", model_label(card)), ("Architecture", card.architecture),
             ("Input", f"{spec.image_size} px, {spec.channels} channel(s), square by {spec.square}")]
     if card.training_data:
-        rows.append(("Training data", "; ".join(
-            str(d.get("name") or d.get("source") or d) for d in card.training_data)))
+        rows.append(("Training data", " | ".join(
+            training_summary(d) for d in card.training_data if isinstance(d, dict))))
     metrics = {k: v for k, v in card.metrics.items() if isinstance(v, int | float)}
     if metrics:
         rows.append(("Metrics", ", ".join(f"{k} {v:.3g}" for k, v in list(metrics.items())[:6])))
@@ -271,12 +272,58 @@ def _gray(pixels: np.ndarray, card: ModelCard) -> Image.Image:
     return image.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BILINEAR)
 
 
-def _figure(image: Image.Image, caption: str) -> str:
+DATASET_NAMES = {"nih_cxr14": "NIH ChestX-ray14", "chexpert": "CheXpert",
+                 "padchest": "PadChest", "mimic_cxr": "MIMIC-CXR-JPG",
+                 "covid_idc": "COVID-19 image data collection"}
+"""Readable names of the datasets the adapters name by source."""
+
+
+def _png(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, "PNG", optimize=True)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(image: Image.Image, caption: str, extra: str = "") -> str:
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
+            f'{_png(image)}">{extra}<figcaption>{html.escape(caption)}</figcaption></figure>')
+
+
+def _legend() -> str:
+    """The heat map's colour scale: a bar from dark (least) to bright (most)."""
+    bar = _png(colour_bar(256, 1))
+    return ('<div class="legend"><span>least</span>'
+            f'<img class="scale" alt="colour scale" src="data:image/png;base64,{bar}">'
+            "<span>most</span></div>")
+
+
+def training_summary(entry: dict[str, Any]) -> str:
+    """One dataset of the card's ``training_data`` in words: name, images, patients, ages,
+    licence (each licence part once; no spec, path or dict).
+
+    >>> training_summary({"name": "nih_cxr14", "images": 809, "patients": 538,
+    ...                   "age_min": 18.0, "age_max": 85.0,
+    ...                   "licence": "NIH: public; repo no licence file; repo Apache-2.0"})
+    'NIH ChestX-ray14: 809 images, 538 patients, age 18-85 y; licence: NIH: public'
+    """
+    name = str(entry.get("name") or entry.get("adapter") or "unnamed dataset")
+    name = DATASET_NAMES.get(name, name)
+    facts = []
+    for key, unit in (("images", "images"), ("patients", "patients")):
+        if isinstance(entry.get(key), int):
+            facts.append(f"{entry[key]:,} {unit}")
+    lo, hi = entry.get("age_min"), entry.get("age_max")
+    if isinstance(lo, int | float) and isinstance(hi, int | float):
+        facts.append(f"age {lo:.0f}-{hi:.0f} y")
+    text = name + (f": {', '.join(facts)}" if facts else "")
+    licence = str(entry.get("licence") or "")
+    # a combined licence lists the dataset's terms, then where each file set came from
+    # ("repo ..."): the dataset's own terms are what a reader needs
+    parts = [p.strip() for p in licence.split(";") if p.strip()]
+    terms = list(dict.fromkeys(p for p in parts if not p.startswith("repo ")))
+    if terms:
+        text += f"; licence: {'; '.join(terms)}"
+    return text
 
 
 _PAGE = """<!DOCTYPE html>
@@ -290,9 +337,12 @@ header {{ display: flex; justify-content: space-between; align-items: baseline;
 h1 {{ font-size: 22px; margin: 4px 0; }} h2 {{ font-size: 16px; margin: 14px 0 6px; }}
 .banner {{ background: #fff3bf; border: 1px solid #f08c00; padding: 6px 10px; margin: 10px 0;
            font-weight: 600; }}
-.images {{ display: flex; gap: 12px; }} figure {{ margin: 0; }}
+.images {{ display: flex; gap: 12px; }} figure {{ margin: 0; flex: 1 1 0; min-width: 0; }}
 img {{ width: 100%; max-width: {side}px; display: block; }}
 figcaption {{ font-size: 12px; color: #555; }}
+.legend {{ display: flex; align-items: center; gap: 6px; font-size: 12px; color: #555;
+           margin-top: 4px; }}
+.legend img.scale {{ width: 160px; height: 12px; image-rendering: auto; }}
 .cols {{ display: grid; grid-template-columns: 1fr 1fr; gap: 20px; }}
 .label {{ color: #555; text-transform: uppercase; font-size: 12px; letter-spacing: .05em; }}
 .big {{ font-size: 44px; font-weight: 700; }} .unit {{ font-size: 18px; font-weight: 400; }}

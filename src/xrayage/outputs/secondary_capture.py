@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from ..card import ModelCard, PreprocessSpec
 from ..estimate import AgeEstimate
-from ..explain import overlay
+from ..explain import LEGEND, colour_bar, overlay
 from ..extras import require
 from ..preprocess import square
 from ._common import (
@@ -72,24 +72,77 @@ def render_summary_image(estimate: AgeEstimate, card: ModelCard, *,
                if estimate.heatmap is not None
                else _gray_square(rg.pixels, card.preprocessing, max_side))
     side = picture.width
-    lines = summary_lines(estimate, card, heatmap=estimate.heatmap is not None)
+    heat = estimate.heatmap is not None
+    lines = summary_lines(estimate, card, heatmap=heat)
     size = max(12, side // 40)
-    sizes = [round(size * 1.35)] + [size] * (len(lines) - 1)
     pad = size // 2
-    band = pad * 2 + sum(round(s * 1.3) for s in sizes)
+    bar_width = 5 * size if heat else 0
+    rows: list[tuple[str, int, tuple[int, int, int], int, bool]] = []
+    for i, line in enumerate(lines):  # (text, font size, colour, indent, colour bar before)
+        font_size = round(size * 1.35) if i == 0 else size
+        colour = _WARN if i == len(lines) - 1 else (_WHITE if i < 2 else _GRAY)
+        indent = bar_width + pad if heat and line == LEGEND else 0
+        font = ImageFont.load_default(size=font_size)
+        for k, part in enumerate(wrap_text(line, font, side - 2 * pad - indent)):
+            rows.append((part, font_size, colour, indent, bool(indent) and k == 0))
+    band = pad * 2 + sum(round(r[1] * 1.3) for r in rows)
     canvas = Image.new("RGB", (side, side + band), (0, 0, 0))
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     y = side + pad
-    for i, (line, font_size) in enumerate(zip(lines, sizes, strict=True)):
-        colour = _WARN if i == len(lines) - 1 else (_WHITE if i < 2 else _GRAY)
-        draw.text((pad, y), line, fill=colour, font=ImageFont.load_default(size=font_size))
+    for text, font_size, colour, indent, bar in rows:
+        if bar:  # the overlay's colour scale, dark to bright, beside its caption
+            canvas.paste(colour_bar(bar_width, max(4, round(font_size * 0.8))),
+                         (pad, y + round(font_size * 0.15)))
+        draw.text((pad + indent, y), text, fill=colour,
+                  font=ImageFont.load_default(size=font_size))
         y += round(font_size * 1.3)
     return canvas
 
 
+def wrap_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+              width: int) -> list[str]:
+    """Split `text` at spaces into lines no wider than `width` pixels in `font`.
+
+    A single word wider than `width` is split between characters.
+
+    Parameters
+    ----------
+    text : str
+    font : PIL font
+    width : int
+        In pixels.
+
+    Returns
+    -------
+    list of str
+    """
+    out: list[str] = []
+    current = ""
+    words: list[str] = []
+    for word in text.split(" "):
+        while len(word) > 1 and font.getlength(word) > width:
+            cut = max(1, max(k for k in range(1, len(word) + 1)
+                             if k == 1 or font.getlength(word[:k]) <= width))
+            words.append(word[:cut])
+            word = word[cut:]
+        words.append(word)
+    for word in words:
+        candidate = word if not current else f"{current} {word}"
+        if current and font.getlength(candidate) > width:
+            out.append(current)
+            current = word
+        else:
+            current = candidate
+    out.append(current)
+    return [line.strip() for line in out if line.strip()] or [""]
+
+
 def summary_lines(estimate: AgeEstimate, card: ModelCard, *, heatmap: bool = True) -> list[str]:
-    """The text lines of the band (ASCII only, so every viewer font shows them)."""
+    """The text lines of the band (ASCII only, so every viewer font shows them).
+
+    The image wraps each line to its width: nothing is cut off.
+    """
     age = require_age(estimate, FEATURE)
     first = f"X-ray age {age:.1f} y"
     if estimate.xray_age_lower is not None and estimate.xray_age_upper is not None:
@@ -102,11 +155,12 @@ def summary_lines(estimate: AgeEstimate, card: ModelCard, *, heatmap: bool = Tru
     if estimate.age_gap_corrected is not None:
         second += f"   Corrected gap {_signed(estimate.age_gap_corrected)} y"
     third = f"Model {model_label(card)} ({software_label()})"
-    if heatmap:
-        third += "   Heat map: contribution to X-ray age (bright = older)"
     if estimate.qc_status != "ok":
         third += f"   QC {estimate.qc_status}: {', '.join(estimate.qc_reasons)}"
-    return [first, second, third, DISCLAIMER]
+    lines = [first, second, third]
+    if heatmap:
+        lines.append(LEGEND)
+    return [*lines, DISCLAIMER]
 
 
 def to_secondary_capture(estimate: AgeEstimate, card: ModelCard, *,

@@ -19,15 +19,19 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
+import click
 import numpy as np
 
 from ..card import PreprocessSpec
-from ..datasets import Dataset, check_spec, filter_samples, load_dataset
+from ..datasets import Dataset, check_spec, filter_samples, load_dataset, portable_spec
+from ..datasets.base import Sample
 from ..datasets.splits import Split, split_patients
+from ..insample import RECORD_KEY, new_salt, patient_record
 from .cache import ImageCache, build_cache
 
 if TYPE_CHECKING:
@@ -120,6 +124,9 @@ def prepare(cfg: TrainConfig) -> tuple[list[Dataset], Split, ImageCache, dict[st
     split_file = out / "split.json"
     split = (Split.load(split_file) if cfg.resume and split_file.is_file()
              else split_patients(samples, cfg.val_fraction, seed=cfg.seed))
+    if global_rank() == 0:
+        for line in data_summary(datasets, split):
+            click.echo(line, err=True)
     spec = cfg.spec()
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     ready = out / ".cache_ready"
@@ -138,7 +145,7 @@ def prepare(cfg: TrainConfig) -> tuple[list[Dataset], Split, ImageCache, dict[st
     info = {
         "config": dataclasses.asdict(cfg),
         "preprocessing": dataclasses.asdict(spec),
-        "training_data": [d.describe() for d in datasets],
+        "training_data": training_data(datasets, train),
         "images": len(samples),
         "train_images": len(ages),
         "cache": str(cache.directory),
@@ -201,6 +208,61 @@ def check_config(cfg: TrainConfig) -> None:
         check_spec(spec)
 
 
+def training_data(datasets: list[Dataset], train: list[Sample]) -> list[dict[str, Any]]:
+    """The model card's ``training_data``: each dataset described, with the salted digests of
+    the patients trained on (:mod:`xrayage.insample`; one random salt per run).
+
+    Parameters
+    ----------
+    datasets : list of Dataset
+        The datasets after filtering.
+    train : list of Sample
+        The samples of the training split.
+
+    Returns
+    -------
+    list of dict
+    """
+    salt = new_salt()
+    trained = {s.patient_id for s in train}
+    return [{**d.describe(), RECORD_KEY: patient_record(
+        (s.patient_id for s in d.samples if s.patient_id in trained), salt)} for d in datasets]
+
+
+def data_summary(datasets: list[Dataset], split: Split) -> list[str]:
+    """Lines describing the training data, printed when a run starts.
+
+    Parameters
+    ----------
+    datasets : list of Dataset
+        The datasets after filtering.
+    split : Split
+        The patient split.
+
+    Returns
+    -------
+    list of str
+        One line per dataset (images, patients, age range, views, sexes), then the split.
+    """
+    lines = []
+    for d in datasets:
+        ages = [s.age_years for s in d.samples]
+        views = Counter(s.view or "?" for s in d.samples)
+        sexes = Counter(s.sex or "?" for s in d.samples)
+        age = f"age {min(ages):.0f}-{max(ages):.0f} (median {np.median(ages):.0f})" if ages else ""
+        lines.append(
+            f"data {d.describe()['name']} ({portable_spec(d.spec)}): {len(d.samples)} images, "
+            f"{len({s.patient_id for s in d.samples})} patients, {age}; views "
+            + " ".join(f"{k} {v}" for k, v in views.most_common()) + "; sex "
+            + " ".join(f"{k} {v}" for k, v in sexes.most_common()))
+    samples = [s for d in datasets for s in d.samples]
+    parts = {name: split.assign(samples, name) for name in ("train", "val")}
+    lines.append("split: " + ", ".join(
+        f"{name} {len(kept)} images ({len({s.patient_id for s in kept})} patients)"
+        for name, kept in parts.items()))
+    return lines
+
+
 def train_model(cfg: TrainConfig) -> Path:
     """Train as ``cfg.head`` says (``trained``: :func:`fit`; ``ridge``: a linear probe);
     return the checkpoint, or with ``cfg.cache_only`` the cache directory.
@@ -237,6 +299,7 @@ def fit(cfg: TrainConfig) -> Path:
     from .data import AgeDataModule, CachedImages
     from .module import AgeModule
 
+    print_lightning_once()
     datasets, split, cache, info = prepare(cfg)
     if cfg.cache_only:
         return Path(cache.directory)
@@ -278,6 +341,19 @@ def fit(cfg: TrainConfig) -> Path:
                    epochs_run=trainer.current_epoch, global_steps=trainer.global_step)
         (out / "run.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
     return path
+
+
+def print_lightning_once() -> None:
+    """Print each Lightning log line once.
+
+    The ``lightning`` package gives its logger a console handler of its own and still
+    passes the records to the root logger, which the command line has configured too: each
+    INFO line came out twice. Lightning's own handler keeps printing them; the root logger
+    no longer repeats them.
+    """
+    lightning = logging.getLogger("lightning")
+    if lightning.handlers:
+        lightning.propagate = False
 
 
 def _float(value: Any) -> float | None:
