@@ -127,3 +127,34 @@ def test_api_key_prompt(page: Any, estimator: XRayAge, tmp_path: Path) -> None:
         sync_api.expect(page.locator("#model")).to_contain_text("tiny-test")
         page.set_input_files("#file", str(source))
         sync_api.expect(page.locator("#status")).to_have_text("Done.")
+
+
+def test_key_typed_then_upload_names_the_model(page: Any, estimator: XRayAge,
+                                               tmp_path: Path) -> None:
+    source = tmp_path / "chest.dcm"
+    source.write_bytes(to_bytes(chest_dataset()))
+    with live_server(create_app(estimator, api_key=KEY)) as url:
+        page.goto(url + "/")
+        sync_api.expect(page.locator("#model")).to_contain_text("enter the API key")
+        page.fill("#api-key", KEY)  # no change event: the upload itself uses the key
+        page.set_input_files("#file", str(source))
+        sync_api.expect(page.locator("#status")).to_have_text("Done.")
+        sync_api.expect(page.locator("#model")).to_contain_text("tiny-test")
+        box = page.locator("#key-row").bounding_box()
+        drop = page.locator("#drop").bounding_box()
+        assert box["y"] + box["height"] < drop["y"]  # the key box does not touch the drop zone
+
+
+def test_a_refusal_says_why_and_shows_no_heat_map(page: Any, estimator: XRayAge,
+                                                  tmp_path: Path) -> None:
+    lateral = tmp_path / "lateral.dcm"
+    lateral.write_bytes(to_bytes(chest_dataset(ViewPosition="LL")))
+    with live_server(create_app(estimator)) as url:
+        assert httpx.head(url + "/").status_code == 200
+        page.goto(url + "/")
+        page.set_input_files("#file", str(lateral))
+        sync_api.expect(page.locator("#status")).to_contain_text("refused")
+        sync_api.expect(page.locator("#refused")).to_be_visible()
+        assert page.locator("#xray-age").inner_text() == "–"
+        assert "lateral" in page.locator("#qc-messages").inner_text()
+        assert not page.locator("#heatmap-figure").is_visible()

@@ -242,7 +242,7 @@ def create_app(model: XRayAge | str | os.PathLike[str] | None = None, *,
             return JSONResponse({"detail": exc.detail, "code": exc.error},  # type: ignore[return-value]
                                 status_code=exc.code)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 

@@ -60,10 +60,11 @@ function show(result) {
   const img = $("heatmap");
   if (result.heatmap_png_base64) {
     img.src = "data:image/png;base64," + result.heatmap_png_base64;
-    img.hidden = false;
   } else {
-    img.hidden = true;
+    img.removeAttribute("src");
   }
+  $("heatmap-figure").hidden = !result.heatmap_png_base64;  // no caption without a picture
+  $("refused").hidden = result.xray_age !== null;
 }
 
 function upload(file) {
@@ -95,6 +96,7 @@ function upload(file) {
     try { body = JSON.parse(xhr.responseText); } catch (e) { body = null; }
     if (xhr.status === 200 && body) {
       show(body);
+      loadModel();  // the key worked: the header names the model
       setStatus(body.qc_status === "reject"
         ? "The quality checks refused this image: no X-ray age."
         : "Done.", body.qc_status === "reject" ? "error" : "done");
