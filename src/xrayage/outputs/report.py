@@ -225,7 +225,7 @@ def _qc(est: AgeEstimate) -> str:
     items = ([est.error] if est.error else
              [f"{f.message} ({f.code})" for f in est.quality.findings])
     body = ("".join(f"<li>{esc(m)}</li>" for m in items) if items
-            else "<li>No findings: header and pixels match what the model assumes.</li>")
+            else "<li>No findings: header, pixels and content match what the model assumes.</li>")
     status = esc(est.qc_status.value)
     return f'<p>Status: <b class="qc-{status}">{status}</b></p><ul>{body}</ul>'
 
