@@ -90,7 +90,9 @@ def test_training_data_reads_as_words() -> None:
 
     card = ModelCard.load(resolve_model_dir())
     row = next(line for line in _card(card).split("</tr>") if "Training data" in line)
-    assert "NIH ChestX-ray14: 809 images, 538 patients, age 18-85 y" in row
+    data = card.training_data[0]
+    assert (f"NIH ChestX-ray14: {data['images']:,} images, {data['patients']:,} patients, "
+            f"age {data['age_min']:.0f}-{data['age_max']:.0f} y") in row
     assert row.count("Wang et al.") == 1  # the licence once
     text = re.sub(r"<[^>]+>", "", row)
     assert "{" not in text and "manifest" not in text and "/" not in text  # no dict, no path
