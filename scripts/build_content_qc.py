@@ -44,20 +44,12 @@ KIND_CLASS = {"frontal": 0, "child": 0, "mirrored": 0, "lateral": 1, "other_body
 SEED = 0
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    z, p = 1.959964, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def rate(mask: np.ndarray, hit: np.ndarray) -> dict[str, float | int]:
-    """Share of `hit` among `mask`, with n and a Wilson interval."""
+    """Share of `hit` among `mask`, with n and a 95% Wilson interval (statsmodels)."""
+    from statsmodels.stats.proportion import proportion_confint
+
     n, k = int(mask.sum()), int((hit & mask).sum())
-    lo, hi = wilson(k, n)
+    lo, hi = proportion_confint(k, n, method="wilson") if n else (math.nan, math.nan)
     return {"n": n, "k": k, "rate": round(k / n, 4) if n else float("nan"),
             "ci95": [round(lo, 4), round(hi, 4)]}
 
@@ -148,13 +140,11 @@ class Fitted:
 
 
 def interpret(scores: np.ndarray) -> dict[str, np.ndarray]:
-    """Probabilities and distance from score columns (as :mod:`xrayage.content` does)."""
-    n = len(CLASSES)
-    logits = scores[:, :n] - scores[:, :n].max(axis=1, keepdims=True)
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    sig = lambda v: 1 / (1 + np.exp(-np.clip(v, -50, 50)))  # noqa: E731
-    return {"probs": probs, "child": sig(scores[:, n]), "mirror": sig(scores[:, n + 1]),
-            "distance": np.sqrt((scores[:, n + 2:] ** 2).sum(axis=1))}
+    """Probabilities and distance from score columns, as inference reads them."""
+    from xrayage.content import interpret_scores
+
+    probs, child, mirror, distance = interpret_scores(scores, len(CLASSES))
+    return {"probs": probs, "child": child, "mirror": mirror, "distance": distance}
 
 
 def folds_of(groups: list[str], k: int) -> np.ndarray:

@@ -100,12 +100,7 @@ class ContentChecks:
         """Score a batch of model features (N, D)."""
         (raw,) = self.session.run(["scores"], {"features": np.ascontiguousarray(
             features, np.float32).reshape(len(features), -1)})
-        raw = raw.astype(np.float64)
-        n = len(self.spec.classes)
-        logits = raw[:, :n] - raw[:, :n].max(axis=1, keepdims=True)
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        child, mirrored = _sigmoid(raw[:, n]), _sigmoid(raw[:, n + 1])
-        distance = np.sqrt((raw[:, n + 2:] ** 2).sum(axis=1))
+        probs, child, mirrored, distance = interpret_scores(raw, len(self.spec.classes))
         return [ContentScores(dict(zip(self.spec.classes, map(float, p), strict=True)),
                               float(c), float(m), float(d))
                 for p, c, m, d in zip(probs, child, mirrored, distance, strict=True)]
@@ -173,8 +168,20 @@ def content_findings(scores: ContentScores, spec: ContentCheckSpec,
     return out
 
 
+def interpret_scores(raw: np.ndarray, classes: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split the graph's ``scores`` (N, classes + 2 + k) into class probabilities
+    (N, classes), child and mirror probabilities (N,) and the distance (N,)."""
+    raw = np.asarray(raw, np.float64)
+    logits = raw[:, :classes] - raw[:, :classes].max(axis=1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    child, mirrored = _sigmoid(raw[:, classes]), _sigmoid(raw[:, classes + 1])
+    return probs, child, mirrored, np.sqrt((raw[:, classes + 2:] ** 2).sum(axis=1))
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -50, 50))))
 
 
-__all__ = ["CODES", "REJECT_CODES", "ContentChecks", "ContentScores", "content_findings"]
+__all__ = ["CODES", "REJECT_CODES", "ContentChecks", "ContentScores", "content_findings",
+           "interpret_scores"]

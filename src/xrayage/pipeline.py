@@ -205,8 +205,8 @@ def run_batch(model: AgeModel, batch: Sequence[Prepared], *, heatmap: bool = Fal
         for i, (p, score) in enumerate(zip(ready, scores, strict=True)):
             est = p.estimate
             if content is not None and score is not None:
-                quality = est.quality.extended(content.findings(score, est.age_years))
-                est = replace(est, quality=quality.relaxed(allow))
+                found = QualityReport(content.findings(score, est.age_years)).relaxed(allow)
+                est = replace(est, quality=est.quality.extended(found.findings))
                 if est.quality.status is QualityStatus.REJECT:
                     finished[id(p)] = replace(est, model=model_identity(model.card))
                     continue
