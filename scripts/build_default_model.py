@@ -124,7 +124,10 @@ def main() -> None:
     card = calibrate_card(ModelCard.load(args.out),
                           xray_age=np.array([float(r["xray_age"]) for r in oof]),
                           age_years=np.array([float(r["age_years"]) for r in oof]),
-                          groups=[r["patient_id"] for r in oof], coverage=0.9, seed=SEED)
+                          groups=[r["patient_id"] for r in oof],
+                          views=[r.get("view") or None for r in oof],
+                          sexes=[r.get("sex") or None for r in oof],
+                          fold=[int(r["fold"]) for r in oof], coverage=0.9, seed=SEED)
     validation = _validation(oof, median)
     validation["method"] = (
         "nested 5-fold patient-disjoint cross-fitting of the whole recipe on the training "
@@ -176,9 +179,12 @@ def main() -> None:
     for name in ("validation", "held_out", "other_source"):
         if name in card.metrics:
             print(name, json.dumps({k: card.metrics[name][k] for k in keys}))
-    print(f"conformal ±{card.conformal.quantile:.2f} y, split-half coverage "
-          f"{card.conformal.empirical_coverage}; bias correction slope "
-          f"{card.bias_correction.slope:.3f}")
+    rates = card.conformal.rates
+    print(f"interval: centre x{card.conformal.centre_slope}, ±{card.conformal.quantile:.2f} y "
+          f"{card.conformal.view_quantiles}; out-of-fold coverage {rates['coverage']}, width "
+          f"{rates['mean_width']}, by band "
+          f"{ {k: v['coverage'] for k, v in rates['by_age_band'].items()} }; "
+          f"bias correction slope {card.bias_correction.slope:.3f}")
 
 
 if __name__ == "__main__":

@@ -38,9 +38,16 @@ def test_calibrate_updates_card(tmp_path: Path) -> None:
     assert card.bias_correction.slope == pytest.approx(0.7, abs=0.05)
     assert card.bias_correction.n == 600
     rows = list(csv.DictReader(open(tmp_path / "held_out.csv")))[:600]  # noqa: SIM115
-    scores = sorted(abs(float(r["xray_age"]) - float(r["age_years"])) for r in rows)
-    assert card.conformal.quantile == scores[int(np.ceil(601 * 0.9)) - 1]
-    assert 0.85 <= card.conformal.empirical_coverage <= 0.95
+    cal = card.conformal
+    pred = np.array([float(r["xray_age"]) for r in rows])
+    centre = cal.centre_mean + cal.centre_slope * (pred - cal.centre_mean)
+    scores = sorted(np.abs(centre - [float(r["age_years"]) for r in rows]))
+    assert cal.quantile == scores[int(np.ceil(601 * 0.9)) - 1]
+    assert cal.centre_slope > 1.0  # the predictions regress to the mean (slope 0.7)
+    assert 0.85 <= cal.empirical_coverage <= 0.95
+    bands = cal.rates["by_age_band"]
+    assert set(bands) == {"18-39", "40-59", "60-79", "80+"}
+    assert all(0.85 <= b["coverage"] <= 0.95 for b in bands.values())
 
 
 def test_calibrate_reads_the_legacy_age_column_with_a_warning(tmp_path: Path) -> None:

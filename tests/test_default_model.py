@@ -49,7 +49,7 @@ def test_card_names_its_training_data_without_build_paths() -> None:
 def test_real_dicom_gets_a_plausible_age() -> None:
     est = XRayAge.load().predict(str(NEMA), heatmap=True)
     assert est.qc_status == "ok" and 30 < est.xray_age < 95
-    assert est.xray_age_lower < est.xray_age < est.xray_age_upper
+    assert est.age_interval_lower < est.xray_age < est.age_interval_upper
     assert est.heatmap is not None and np.isfinite(est.heatmap).all()
     bias = XRayAge.load().card.extra["cam_bias"]
     assert float(est.heatmap.mean()) + bias == pytest.approx(est.xray_age, abs=0.05)

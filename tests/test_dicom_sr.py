@@ -17,13 +17,18 @@ from xrayage import AgeEstimate, XRayAge
 from xrayage.cli.main import main
 from xrayage.errors import MissingExtraError
 from xrayage.outputs import ClinicalOutputError, read_dicom_sr, to_dicom_sr, write_dicom_sr
-from xrayage.outputs.dicom_sr import CODING_SCHEME, XRAY_AGE
+from xrayage.outputs.dicom_sr import (
+    AGE_INTERVAL_LOWER,
+    CODING_SCHEME,
+    LEGACY_INTERVAL,
+    XRAY_AGE,
+)
 from xrayage.quality import QualityFinding, QualityReport, QualityStatus
 
 from .clinical_helpers import dciodvfy, png_bytes, predict_kept
 from .shared import NEMA
 
-FIELDS = ("xray_age", "xray_age_lower", "xray_age_upper", "age_years", "age_gap",
+FIELDS = ("xray_age", "age_interval_lower", "age_interval_upper", "age_years", "age_gap",
           "age_gap_corrected")
 
 
@@ -40,6 +45,34 @@ def test_sr_validates_and_round_trips(estimate: AgeEstimate, estimator: XRayAge,
         assert getattr(values, field) == pytest.approx(round(getattr(estimate, field), 2))
     assert (values.algorithm_name, values.algorithm_version) == (
         estimator.card.name, estimator.card.version)
+
+
+@pytest.mark.data
+def test_interval_is_named_for_the_chronological_age_and_old_codes_still_read(
+        estimate: AgeEstimate, estimator: XRayAge) -> None:
+    sr = to_dicom_sr(estimate, estimator.card)
+
+    def items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+        out = []
+        for item in getattr(ds, "ContentSequence", []):
+            out.append(item)
+            out.extend(items(item))
+        return out
+
+    names = {str(i.ConceptNameCodeSequence[0].CodeValue): str(
+        i.ConceptNameCodeSequence[0].CodeMeaning) for i in items(sr)}
+    assert names["XRA006"] == names[AGE_INTERVAL_LOWER.value] == AGE_INTERVAL_LOWER.meaning
+    assert "given radiographic age" in names["XRA006"] and "XRA002" not in names
+    for item in items(sr):  # rewrite it as an SR of an earlier version
+        code = item.ConceptNameCodeSequence[0]
+        old = {"XRA006": "XRA002", "XRA007": "XRA003"}.get(str(code.CodeValue))
+        if old:
+            code.CodeValue = old
+            code.CodeMeaning = LEGACY_INTERVAL[
+                "age_interval_lower" if old == "XRA002" else "age_interval_upper"].meaning
+    values = read_dicom_sr(sr)
+    assert values.age_interval_lower == pytest.approx(round(estimate.age_interval_lower, 2))
+    assert values.age_interval_upper == pytest.approx(round(estimate.age_interval_upper, 2))
 
 
 @pytest.mark.data

@@ -36,9 +36,9 @@ def test_observation_round_trip(estimate: AgeEstimate, estimator: XRayAge,
     assert (value.system, value.code) == (UCUM, "a")
     assert float(value.value) == pytest.approx(round(estimate.xray_age, 2))
     comp = components(obs)
-    interval = comp["xray-age-interval"].valueRange
-    assert float(interval.low.value) == pytest.approx(round(estimate.xray_age_lower, 2))
-    assert float(interval.high.value) == pytest.approx(round(estimate.xray_age_upper, 2))
+    interval = comp["age-interval-given-xray-age"].valueRange
+    assert float(interval.low.value) == pytest.approx(round(estimate.age_interval_lower, 2))
+    assert float(interval.high.value) == pytest.approx(round(estimate.age_interval_upper, 2))
     assert float(comp["30525-0"].valueQuantity.value) == pytest.approx(
         round(estimate.age_years, 2))
     assert float(comp["xray-age-gap"].valueQuantity.value) == pytest.approx(

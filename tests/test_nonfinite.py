@@ -68,7 +68,7 @@ def test_cli_rows_are_valid_json_and_csv(files: dict[str, Path], tiny: Path,
     assert main(["predict", *paths, "--model", str(tiny), "-o", str(csv_out)]) == 0
     with open(csv_out, newline="") as handle:
         for row in csv.DictReader(handle):
-            for key in ("xray_age", "xray_age_lower", "xray_age_upper", "age_gap",
+            for key in ("xray_age", "age_interval_lower", "age_interval_upper", "age_gap",
                         "age_gap_corrected"):
                 assert row[key] == "", (key, row[key])
             assert row["qc_status"] == "error"

@@ -39,7 +39,7 @@ def test_dicom_prediction_matches_model_and_card(tiny: Path) -> None:
     assert est.age_years == 55.0
     assert est.age_gap == pytest.approx(est.xray_age - 55.0)
     assert est.age_gap_corrected == pytest.approx(est.xray_age - (0.5 * 55.0 + 25.0))
-    assert (est.xray_age_lower, est.xray_age_upper) == pytest.approx(
+    assert (est.age_interval_lower, est.age_interval_upper) == pytest.approx(
         (est.xray_age - 8.0, est.xray_age + 8.0))
     assert est.sigma == pytest.approx(5.0)
     assert est.qc_status == "ok" and est.error is None and est.heatmap is None
@@ -73,7 +73,7 @@ def test_missing_calibration_gives_no_interval_or_correction(tmp_path: Path) -> 
     model_dir = build_tiny_model(tmp_path / "m", conformal=False, bias=False)
     est = XRayAge.load(model_dir).predict(to_bytes(make_dataset()))
     assert est.xray_age is not None and est.age_gap is not None
-    assert est.xray_age_lower is None and est.age_gap_corrected is None
+    assert est.age_interval_lower is None and est.age_gap_corrected is None
 
 
 def test_tta_averages_views(tiny: Path) -> None:
@@ -85,7 +85,7 @@ def test_tta_averages_views(tiny: Path) -> None:
 
 def test_record_columns(tiny: Path) -> None:
     record = XRayAge.load(tiny).predict(to_bytes(make_dataset())).to_record()
-    assert list(record) == ["path", "xray_age", "xray_age_lower", "xray_age_upper",
+    assert list(record) == ["path", "xray_age", "age_interval_lower", "age_interval_upper",
                             "age_years", "age_gap", "age_gap_corrected", "qc_status",
                             "qc_reasons", "error"]
 

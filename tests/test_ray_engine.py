@@ -128,8 +128,8 @@ def test_lost_actor_every_row_exactly_once(local_ray: None, tiny: Path, manifest
 
 
 def test_merge_is_exactly_once_and_survives_a_killed_driver(tmp_path: Path) -> None:
-    rows = [{"path": f"img{i}.png", "xray_age": 50.0 + i, "xray_age_lower": None,
-             "xray_age_upper": None, "age_years": 40.0, "age_gap": 10.0 + i,
+    rows = [{"path": f"img{i}.png", "xray_age": 50.0 + i, "age_interval_lower": None,
+             "age_interval_upper": None, "age_years": 40.0, "age_gap": 10.0 + i,
              "age_gap_corrected": None, "qc_status": "ok", "qc_reasons": ["no_view"],
              "error": None} for i in range(5)]
     parts = tmp_path / "out.csv.parts" / "rows"

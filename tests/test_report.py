@@ -35,9 +35,10 @@ def test_report_shows_result_images_and_card(nema: AgeEstimate, estimator: XRayA
                                              tmp_path: Path) -> None:
     page = write_report(nema, estimator.card, tmp_path / "r.html").read_text()
     assert f"{nema.xray_age:.1f}" in page
-    assert f"{nema.xray_age_lower:.1f} \u2013 {nema.xray_age_upper:.1f} y" in page
+    assert f"{nema.age_interval_lower:.1f} \u2013 {nema.age_interval_upper:.1f} y" in page
     assert f"{nema.age_gap_corrected:+.1f} y" in page and "NOT FOR DIAGNOSTIC USE" in page
-    assert "tiny-test 0" in page and "90% split-conformal interval (n = 100)" in page
+    assert "tiny-test 0" in page
+    assert "90% split-conformal interval for chronological age (n = 100)" in page
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2  # radiograph and heat map
     assert page.count('class="scale"') == 1 and "dark = least, bright = most" in page

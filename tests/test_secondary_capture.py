@@ -58,7 +58,8 @@ def test_summary_lines_hold_the_result(estimate: AgeEstimate, estimator: XRayAge
     lines = summary_lines(estimate, estimator.card)
     text = "\n".join(lines)
     assert f"X-ray age {estimate.xray_age:.1f} y" in lines[0]
-    assert f"90% interval {estimate.xray_age_lower:.1f} - {estimate.xray_age_upper:.1f} y" in text
+    assert (f"90% interval for chronological age {estimate.age_interval_lower:.1f} - "
+            f"{estimate.age_interval_upper:.1f} y") in text
     assert f"Gap {estimate.age_gap:+.1f} y" in text
     assert f"Corrected gap {estimate.age_gap_corrected:+.1f} y" in text
     assert "Model tiny-test 0" in text and lines[-1].startswith("NOT FOR DIAGNOSTIC USE")

@@ -63,7 +63,7 @@ def test_dicom_prediction_matches_library(client: TestClient, estimator: XRayAge
     body = r.json()
     est = estimator.predict(data)
     assert body["xray_age"] == pytest.approx(est.xray_age, abs=0.01)
-    assert body["xray_age_lower"] == pytest.approx(est.xray_age - 8, abs=0.01)
+    assert body["age_interval_lower"] == pytest.approx(est.xray_age - 8, abs=0.01)
     assert body["interval_coverage"] == 0.9
     assert body["age_years"] == 55.0
     assert body["age_gap"] == pytest.approx(est.xray_age - 55, abs=0.01)

@@ -9,10 +9,14 @@ them by keyword (``xray_age=``, ``age_years=``), so they cannot be swapped silen
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from .card import BiasCorrection, ConformalCalibration, ModelCard
+from .metrics import age_band
 
 
 def fit_bias_correction(*, xray_age: np.ndarray, age_years: np.ndarray) -> BiasCorrection:
@@ -82,26 +86,39 @@ def fit_conformal(
     scale = np.ones_like(np.asarray(xray_age, dtype=np.float64)) if sigma is None else sigma
     pred, age, scale = _pair(xray_age, age_years, scale)
     scores = np.abs(age - pred) / scale
-    n = len(scores)
-    rank = math.ceil((n + 1) * coverage)
-    if rank > n:
-        raise ValueError(f"{n} calibration images are too few for {coverage:.0%} coverage")
-    quantile = float(np.sort(scores)[rank - 1])
-    return ConformalCalibration(coverage=coverage, quantile=quantile, scaled=sigma is not None,
-                                n=n)
+    return ConformalCalibration(coverage=coverage, quantile=_conformal_quantile(scores, coverage),
+                                scaled=sigma is not None, n=len(scores))
 
 
-def interval(
-    cal: ConformalCalibration, xray_age: float, sigma: float | None = None
-) -> tuple[float, float]:
-    """Return the (lower, upper) prediction interval in years for one prediction."""
+STRETCHES = tuple(round(1.0 + 0.05 * i, 2) for i in range(11))
+"""Candidate centre stretches of :func:`fit_interval` (1.0 to 1.5)."""
+
+MIN_VIEW = 50
+"""Calibration images a view needs for a quantile of its own (Mondrian by view)."""
+
+MIN_BAND = 20
+"""Images an age band (:func:`xrayage.metrics.age_band`) needs before its coverage counts."""
+
+
+def interval(cal: ConformalCalibration, xray_age: float, sigma: float | None = None,
+             view: str | None = None) -> tuple[float, float]:
+    """Return the (lower, upper) interval in years for the chronological age.
+
+    Examples
+    --------
+    >>> cal = ConformalCalibration(coverage=0.9, quantile=10.0, centre_slope=1.2,
+    ...                            centre_mean=50.0, view_quantiles={"AP": 12.0})
+    >>> interval(cal, 60.0), interval(cal, 60.0, view="AP")
+    ((52.0, 72.0), (50.0, 74.0))
+    """
+    centre = cal.centre_mean + cal.centre_slope * (xray_age - cal.centre_mean)
     if cal.scaled:
         if sigma is None:
             raise ValueError("this calibration is scaled by sigma, but the model gave none")
         half = cal.quantile * sigma
     else:
-        half = cal.quantile
-    return xray_age - half, xray_age + half
+        half = cal.view_quantiles.get((view or "").upper(), cal.quantile)
+    return centre - half, centre + half
 
 
 def empirical_coverage(*, lower: np.ndarray, upper: np.ndarray, age_years: np.ndarray) -> float:
@@ -110,35 +127,211 @@ def empirical_coverage(*, lower: np.ndarray, upper: np.ndarray, age_years: np.nd
     return float(np.mean((age >= np.asarray(lower)) & (age <= np.asarray(upper))))
 
 
-def split_coverage(*, xray_age: np.ndarray, age_years: np.ndarray, groups: list[str],
-                   coverage: float = 0.9, seed: int = 0) -> float:
-    """Coverage measured out of sample: fit the interval on half of the groups (patients),
-    test it on the other half, swap, and average."""
-    pred, age = np.asarray(xray_age, float), np.asarray(age_years, float)
+def fit_interval(*, xray_age: np.ndarray, age_years: np.ndarray, groups: Sequence[str],
+                 views: Sequence[str | None] | None = None, coverage: float = 0.9,
+                 stretches: Sequence[float] = STRETCHES, tolerance: float = 0.04,
+                 folds: int = 5, seed: int = 0) -> ConformalCalibration:
+    """Fit the per-image interval: a stretched centre and Mondrian quantiles by view.
+
+    The stretch is chosen among `stretches` by a patient-grouped `folds`-fold
+    cross-validation on these predictions: the narrowest interval whose out-of-fold
+    coverage is within `tolerance` of `coverage` in every age band with at least
+    :data:`MIN_BAND` images, else the one closest to it in its worst band. The quantiles
+    are then fitted on all rows: one per view with at least :data:`MIN_VIEW` images, and
+    one over all.
+
+    Parameters
+    ----------
+    xray_age, age_years : array-like
+        Held-out (out-of-fold) predictions and chronological ages, in years.
+    groups : sequence of str
+        Patient of each row: the inner folds never split one.
+    views : sequence of str or None, optional
+        View position (``PA``, ``AP``) of each row.
+    coverage : float
+        Nominal coverage, in (0, 1).
+    stretches : sequence of float
+        Candidate stretches; ``(1.0,)`` gives a plain interval around the X-ray age.
+    tolerance : float
+        Largest accepted distance of a band's coverage from `coverage`.
+    folds : int
+    seed : int
+
+    Returns
+    -------
+    ConformalCalibration
+    """
+    pred, age, view, group = _rows(xray_age, age_years, views, groups)
+    candidates = sorted(set(float(k) for k in stretches))
+    if not candidates:
+        raise ValueError("stretches is empty")
+    if len(candidates) > 1:
+        fold = group_folds(group, folds, seed)
+        scored = []
+        for k in candidates:
+            lower, upper = _crossfit(pred, age, view, fold, coverage, lambda p, a, v, k=k:
+                                     _fit_fixed(p, a, v, coverage, k))
+            scored.append((_worst_band(lower, upper, age, coverage),
+                           float(np.mean(upper - lower)), k))
+        within = [(width, k) for worst, width, k in scored if worst <= tolerance]
+        candidates = [min(within)[1] if within else min(scored)[2]]
+    return _fit_fixed(pred, age, view, coverage, candidates[0])
+
+
+def crossfit_interval(*, xray_age: np.ndarray, age_years: np.ndarray, groups: Sequence[str],
+                      views: Sequence[str | None] | None = None,
+                      sexes: Sequence[str | None] | None = None,
+                      fold: Sequence[int] | None = None, coverage: float = 0.9,
+                      stretches: Sequence[float] = STRETCHES, seed: int = 0) -> dict[str, Any]:
+    """Measure :func:`fit_interval` out of fold: fit it on all folds but one, apply it to
+    that one, and report coverage and width overall and by age band, view and sex.
+
+    `fold` gives the outer folds (e.g. the folds of the out-of-fold predictions); by
+    default 5 patient-grouped folds. The stretch is chosen again inside each outer fold.
+    """
+    n = len(np.asarray(xray_age))
+    sex = [None] * n if sexes is None else list(sexes)
+    outer = group_folds(list(groups), 5, seed) if fold is None else np.asarray(fold, int)
+    pred, age, view, group, sex_kept, outer_kept = _rows(xray_age, age_years, views, groups,
+                                                         sex, outer)
+    lower = np.empty_like(pred)
+    upper = np.empty_like(pred)
+    for k in np.unique(outer_kept):
+        test = outer_kept == k
+        cal = fit_interval(xray_age=pred[~test], age_years=age[~test],
+                           groups=[g for g, t in zip(group, test, strict=True) if not t],
+                           views=view[~test].tolist(), coverage=coverage,
+                           stretches=stretches, seed=seed)
+        bounds = np.array([interval(cal, p, view=v) for p, v in
+                           zip(pred[test], view[test], strict=True)])
+        lower[test], upper[test] = bounds[:, 0], bounds[:, 1]
+    return interval_rates(lower=lower, upper=upper, age_years=age, views=view.tolist(),
+                          sexes=sex_kept.tolist())
+
+
+def interval_rates(*, lower: Sequence[float] | np.ndarray, upper: Sequence[float] | np.ndarray,
+                   age_years: Sequence[float] | np.ndarray,
+                   views: Sequence[str | None] | None = None,
+                   sexes: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """Coverage and mean width of intervals, overall and by age band, view and sex.
+
+    Returns
+    -------
+    dict
+        ``{"n", "coverage", "mean_width", "by_age_band": {label: {...}}, "by_view",
+        "by_sex"}``.
+    """
+    lo, hi, age = (np.asarray(a, dtype=np.float64) for a in (lower, upper, age_years))
+    inside = (age >= lo) & (age <= hi)
+    width = hi - lo
+
+    def summary(mask: np.ndarray) -> dict[str, Any]:
+        return {"n": int(mask.sum()), "coverage": round(float(inside[mask].mean()), 4),
+                "mean_width": round(float(width[mask].mean()), 2)}
+
+    out = summary(np.ones(len(age), bool))
+    labels = {"by_age_band": [age_band(a) for a in age],
+              "by_view": [(v or "unknown").upper() for v in (views or [None] * len(age))],
+              "by_sex": [(s or "unknown").upper() for s in (sexes or [None] * len(age))]}
+    for key, values in labels.items():
+        arr = np.asarray(values)
+        out[key] = {name: summary(arr == name) for name in sorted(set(values))}
+    return out
+
+
+def group_folds(groups: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
+    """Assign each row to one of `folds` folds, keeping each group (patient) in one.
+
+    Examples
+    --------
+    >>> f = group_folds(["a", "a", "b", "c"], 2)
+    >>> bool(f[0] == f[1])
+    True
+    """
     names = sorted(set(groups))
-    half = set(np.random.default_rng(seed).permutation(names)[: len(names) // 2].tolist())
-    in_a = np.array([g in half for g in groups])
-    results = []
-    for fit_mask in (in_a, ~in_a):
-        cal = fit_conformal(xray_age=pred[fit_mask], age_years=age[fit_mask],
-                            coverage=coverage)
-        half_width = cal.quantile
-        inside = np.abs(age[~fit_mask] - pred[~fit_mask]) <= half_width
-        results.append(float(inside.mean()))
-    return float(np.mean(results))
+    order = np.random.default_rng(seed).permutation(len(names))
+    of = {names[i]: rank % folds for rank, i in enumerate(order)}
+    return np.array([of[g] for g in groups], dtype=np.int64)
 
 
 def calibrate_card(card: ModelCard, *, xray_age: np.ndarray, age_years: np.ndarray,
-                   groups: list[str], coverage: float = 0.9, seed: int = 0) -> ModelCard:
-    """Fit the bias correction and the conformal interval on held-out predictions, and
-    record them (with the split-half empirical coverage) in `card`, which is returned."""
+                   groups: Sequence[str], views: Sequence[str | None] | None = None,
+                   sexes: Sequence[str | None] | None = None,
+                   fold: Sequence[int] | None = None, coverage: float = 0.9,
+                   seed: int = 0) -> ModelCard:
+    """Fit the bias correction and the per-image interval on held-out predictions and
+    record them, with the interval's out-of-fold rates (:func:`crossfit_interval`), in
+    `card`, which is returned."""
     card.bias_correction = fit_bias_correction(xray_age=xray_age, age_years=age_years)
-    cal = fit_conformal(xray_age=xray_age, age_years=age_years, coverage=coverage)
-    measured = split_coverage(xray_age=xray_age, age_years=age_years, groups=groups,
-                              coverage=coverage, seed=seed)
-    card.conformal = ConformalCalibration(coverage=cal.coverage, quantile=cal.quantile,
-                                          n=cal.n, empirical_coverage=round(measured, 4))
+    cal = fit_interval(xray_age=xray_age, age_years=age_years, groups=groups, views=views,
+                       coverage=coverage, seed=seed)
+    rates = crossfit_interval(xray_age=xray_age, age_years=age_years, groups=groups,
+                              views=views, sexes=sexes, fold=fold, coverage=coverage,
+                              seed=seed)
+    rates["method"] = ("nested: the interval (stretch and quantiles) refitted without each "
+                       "fold of the held-out predictions and applied to it")
+    card.conformal = replace(cal, empirical_coverage=rates["coverage"], rates=rates)
     return card
+
+
+def _conformal_quantile(scores: np.ndarray, coverage: float) -> float:
+    n = len(scores)
+    rank = math.ceil((n + 1) * coverage)
+    if rank > n:
+        raise ValueError(f"{n} calibration images are too few for {coverage:.0%} coverage")
+    return float(np.sort(scores)[rank - 1])
+
+
+def _fit_fixed(pred: np.ndarray, age: np.ndarray, view: np.ndarray, coverage: float,
+               stretch: float) -> ConformalCalibration:
+    mean = float(pred.mean())
+    scores = np.abs(age - (mean + stretch * (pred - mean)))
+    per_view = {v: _conformal_quantile(scores[view == v], coverage) for v in ("PA", "AP")
+                if (view == v).sum() >= MIN_VIEW}
+    return ConformalCalibration(coverage=coverage, quantile=_conformal_quantile(scores, coverage),
+                                n=len(scores), centre_slope=stretch,
+                                centre_mean=mean if stretch != 1.0 else 0.0,
+                                view_quantiles=per_view)
+
+
+def _crossfit(pred: np.ndarray, age: np.ndarray, view: np.ndarray, fold: np.ndarray,
+              coverage: float, fit: Any) -> tuple[np.ndarray, np.ndarray]:
+    lower = np.empty_like(pred)
+    upper = np.empty_like(pred)
+    for k in np.unique(fold):
+        test = fold == k
+        cal = fit(pred[~test], age[~test], view[~test])
+        bounds = np.array([interval(cal, p, view=v) for p, v in
+                           zip(pred[test], view[test], strict=True)])
+        lower[test], upper[test] = bounds[:, 0], bounds[:, 1]
+    return lower, upper
+
+
+def _worst_band(lower: np.ndarray, upper: np.ndarray, age: np.ndarray,
+                coverage: float) -> float:
+    bands = np.array([age_band(a) for a in age])
+    inside = (age >= lower) & (age <= upper)
+    gaps = [abs(float(inside[bands == b].mean()) - coverage) for b in set(bands.tolist())
+            if (bands == b).sum() >= MIN_BAND]
+    return max(gaps) if gaps else abs(float(inside.mean()) - coverage)
+
+
+def _rows(xray_age: np.ndarray, age_years: np.ndarray, views: Sequence[str | None] | None,
+          groups: Sequence[str], *labels: Sequence[Any] | np.ndarray) -> tuple[Any, ...]:
+    """Finite rows of predictions and ages, with views (upper case, '' when unknown),
+    groups and any further per-row labels."""
+    pred, age = np.asarray(xray_age, np.float64), np.asarray(age_years, np.float64)
+    n = len(pred)
+    view_list = [None] * n if views is None else list(views)
+    group_list = list(groups)
+    if not (age.shape == pred.shape and len(view_list) == len(group_list) == n
+            and all(len(lab) == n for lab in labels)):
+        raise ValueError("predictions, ages, groups and views must have the same length")
+    keep = np.isfinite(pred) & np.isfinite(age)
+    view = np.array([(v or "").upper() for v in view_list], dtype=object)
+    return (pred[keep], age[keep], view[keep], [g for g, k in zip(group_list, keep,
+                                                                  strict=True) if k],
+            *(np.asarray(lab, dtype=object)[keep] for lab in labels))
 
 
 def _pair(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -90,14 +90,23 @@ class BiasCorrection:
 
 @dataclass(frozen=True)
 class ConformalCalibration:
-    """Split-conformal prediction interval: ``xray_age ± quantile`` (or scaled).
+    """Split-conformal interval for the chronological age of a patient with this X-ray age.
+
+    The interval is ``centre ± half``. The centre is the X-ray age stretched away from the
+    calibration mean, ``centre_mean + centre_slope * (xray_age - centre_mean)`` (a slope
+    above 1 undoes part of the regression to the mean, so the interval holds in young and
+    old patients alike). The half-width is the conformal quantile of the calibration
+    scores ``|age - centre|`` of the image's view (Mondrian: one quantile per view in
+    `view_quantiles`, `quantile` for any other view), or ``quantile * σ̂`` when `scaled`.
+    Cards written before the centre and the views existed read as a plain ``xray_age ±
+    quantile``.
 
     Attributes
     ----------
     coverage : float
         Nominal coverage, e.g. 0.9.
     quantile : float
-        The conformal quantile of the calibration scores.
+        The conformal quantile of all calibration scores.
     scaled : bool
         If True the score is ``|y - ŷ| / σ̂`` and the half-width is ``quantile * σ̂``,
         with σ̂ the model's predicted standard deviation; else it is ``|y - ŷ|``.
@@ -105,6 +114,12 @@ class ConformalCalibration:
         Calibration images.
     empirical_coverage : float or None
         Coverage measured on data not used to fit the quantile.
+    centre_slope, centre_mean : float
+        The stretch of the centre (1.0: the centre is the X-ray age).
+    view_quantiles : dict of str to float
+        Per-view quantiles (``PA``, ``AP``) for views with enough calibration images.
+    rates : dict
+        Coverage and mean width measured out of fold, overall and by age band, view, sex.
     """
 
     coverage: float
@@ -112,6 +127,10 @@ class ConformalCalibration:
     scaled: bool = False
     n: int = 0
     empirical_coverage: float | None = None
+    centre_slope: float = 1.0
+    centre_mean: float = 0.0
+    view_quantiles: dict[str, float] = field(default_factory=dict)
+    rates: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from .quality import QualityReport, QualityStatus
 from .radiograph import Radiograph
 
 RECORD_FIELDS = (
-    "path", "xray_age", "xray_age_lower", "xray_age_upper", "age_years",
+    "path", "xray_age", "age_interval_lower", "age_interval_upper", "age_years",
     "age_gap", "age_gap_corrected", "qc_status", "qc_reasons", "error",
 )
 """Columns of a result row, in order (CSV header). ``age_years`` is the chronological age
@@ -129,8 +129,9 @@ class AgeEstimate:
         The input's label (file path as given, or a name).
     xray_age : float or None
         Predicted age in years; None if the input was rejected or unreadable.
-    xray_age_lower, xray_age_upper : float or None
-        Conformal prediction interval (coverage in the model card).
+    age_interval_lower, age_interval_upper : float or None
+        The conformal interval for the chronological age of a patient with this X-ray age
+        (coverage in the model card; 0.3 and earlier called them ``xray_age_lower/upper``).
     age_years : float or None
         Chronological age, from the header or the manifest.
     age_gap : float or None
@@ -157,8 +158,8 @@ class AgeEstimate:
 
     path: str
     xray_age: float | None = None
-    xray_age_lower: float | None = None
-    xray_age_upper: float | None = None
+    age_interval_lower: float | None = None
+    age_interval_upper: float | None = None
     age_years: float | None = None
     age_gap: float | None = None
     age_gap_corrected: float | None = None

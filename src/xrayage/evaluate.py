@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .calibration import interval_rates
 from .content import REJECT_CODES
 from .datasets import filter_samples, load_dataset
 from .datasets.splits import Split
@@ -68,6 +69,8 @@ class Evaluation:
                    rejected=sum(p["status"] == "rejected" for p in self.problems),
                    excluded=excluded(self.problems),
                    groups=self.groups, notes=self.notes)
+        if "interval" in self.metrics:
+            out["interval"] = self.metrics["interval"]
         return out
 
 
@@ -152,6 +155,8 @@ def evaluate(
             continue
         predictions.append({"path": est.path, "patient_id": s.patient_id,
                             "age_years": est.age_years, "xray_age": est.xray_age,
+                            "age_interval_lower": est.age_interval_lower,
+                            "age_interval_upper": est.age_interval_upper,
                             "sex": s.sex, "view": s.view})
     if problems:
         logger.warning("%d of %d images not scored: %s", len(problems), len(samples),
@@ -194,13 +199,20 @@ def score(predictions: Sequence[dict[str, Any]], train_median: float | None = No
           ) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`~xrayage.metrics.age_metrics` of prediction rows (``age_years, xray_age, sex,
     view``, as in :attr:`Evaluation.predictions` or a ``probe_oof.csv``), and the same by
-    sex, view and age band."""
+    sex, view and age band; with ``age_interval_lower/upper`` in every row, also the
+    interval's coverage and width (``metrics["interval"]``, :func:`interval_rates`)."""
     ages = np.asarray([float(r["age_years"]) for r in predictions], dtype=np.float64)
     xray = np.asarray([float(r["xray_age"]) for r in predictions], dtype=np.float64)
     groups = grouped_metrics(age_years=ages, xray_age=xray, groups={
         "sex": [r["sex"] for r in predictions], "view": [r["view"] for r in predictions],
         "age_band": [age_band(a) for a in ages]}, train_median=train_median)
-    return age_metrics(age_years=ages, xray_age=xray, train_median=train_median), groups
+    metrics = age_metrics(age_years=ages, xray_age=xray, train_median=train_median)
+    if predictions and all(r.get("age_interval_lower") is not None for r in predictions):
+        metrics["interval"] = interval_rates(
+            lower=[r["age_interval_lower"] for r in predictions],
+            upper=[r["age_interval_upper"] for r in predictions], age_years=ages,
+            views=[r["view"] for r in predictions], sexes=[r["sex"] for r in predictions])
+    return metrics, groups
 
 
 def plot(result: Evaluation, directory: str | os.PathLike[str]) -> list[Path]:

@@ -1,7 +1,8 @@
 """The post-processing stage: from the model's raw output to an :class:`AgeEstimate`.
 
 Gap, bias-corrected gap (see :class:`~xrayage.card.BiasCorrection`), the conformal interval
-(:func:`~xrayage.calibration.interval`) and the heat map, all as the model card says.
+for the chronological age (:func:`~xrayage.calibration.interval`, by the image's view) and
+the heat map, all as the model card says.
 """
 
 from __future__ import annotations
@@ -58,14 +59,15 @@ def finish(estimate: AgeEstimate, card: ModelCard, age: float, sigma: float | No
             "number (NaN or infinite values in the image?)"))
     lower = upper = None
     if card.conformal is not None and (sigma is not None or not card.conformal.scaled):
-        lower, upper = interval(card.conformal, age, sigma)
+        view = estimate.source.view_position if estimate.source is not None else None
+        lower, upper = interval(card.conformal, age, sigma, view=view)
     gap = corrected = None
     chrono = estimate.age_years
     if chrono is not None and math.isfinite(chrono):
         gap = age - chrono
         if card.bias_correction is not None:
             corrected = card.bias_correction.corrected_gap(xray_age=age, age_years=chrono)
-    return replace(estimate, xray_age=age, xray_age_lower=lower, xray_age_upper=upper,
+    return replace(estimate, xray_age=age, age_interval_lower=lower, age_interval_upper=upper,
                    age_gap=gap, age_gap_corrected=corrected, model=ident, sigma=sigma,
                    heatmap=None if heatmap is None else np.asarray(heatmap, np.float32))
 

@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,26 @@ def _number(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Return (xray_age, age_years, group) for rows that have both ages.
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out predictions read by :func:`read_predictions`, one entry per row."""
 
-    The group is the ``patient_id`` (else the ``path``), for the split-half coverage.
-    The age is ``age_years``, or where that is empty the legacy ``chronological_age``.
+    xray_age: np.ndarray
+    age_years: np.ndarray
+    groups: list[str]
+    views: list[str | None]
+    sexes: list[str | None]
+    fold: list[int] | None
+
+
+def read_predictions(path: Path) -> HeldOut:
+    """Read the rows that have both ages.
+
+    The group is the ``patient_id`` (else the ``path``): the interval's cross-validation
+    never splits one. ``view`` and ``sex`` are read where present (the interval is per
+    view and its coverage reported by sex), and ``fold`` when every row has one (an
+    out-of-fold file: its folds are the outer folds of the interval's validation). The age
+    is ``age_years``, or where that is empty the legacy ``chronological_age``.
 
     Warns
     -----
@@ -58,7 +74,7 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             rows = list(csv.DictReader(handle))
     pred: list[float] = []
     age: list[float] = []
-    group: list[str] = []
+    kept: list[dict[str, Any]] = []
     legacy = 0
     for row in rows:
         p, a = _number(row.get("xray_age")), _number(row.get("age_years"))
@@ -68,14 +84,20 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             continue
         pred.append(p)
         age.append(a)
-        group.append(str(row.get("patient_id") or row.get("path") or len(group)))
+        kept.append(row)
     if legacy:
         warnings.warn(f"{path}: {legacy} ages read from the column {LEGACY_AGE_COLUMN!r}, "
                       "called 'age_years' since xrayage 0.2; rename it, as the old name "
                       "will stop being read", XRayAgeDeprecationWarning, stacklevel=2)
     if len(pred) < 20:
         raise click.BadParameter(f"{path}: {len(pred)} rows with both ages; need at least 20")
-    return np.array(pred), np.array(age), group
+    folds = [_number(r.get("fold")) for r in kept]
+    return HeldOut(
+        np.array(pred), np.array(age),
+        groups=[str(r.get("patient_id") or r.get("path") or i) for i, r in enumerate(kept)],
+        views=[str(r["view"]) if r.get("view") else None for r in kept],
+        sexes=[str(r["sex"]) if r.get("sex") else None for r in kept],
+        fold=None if any(f is None for f in folds) else [int(f or 0) for f in folds])
 
 
 def copy_model(model_dir: Path, out_dir: Path) -> Path:
@@ -126,9 +148,10 @@ def calibrate(model_dir: Path, predictions: Path, coverage: float, seed: int,
         raise click.UsageError(f"--out {out_dir}: exists and is not empty")
     if out_dir is not None and out_dir.resolve() == model_dir.resolve():
         raise click.UsageError("--out is MODEL_DIR: use --in-place to overwrite its card")
-    pred, age, group = read_predictions(predictions)
-    card = calibrate_card(ModelCard.load(model_dir), xray_age=pred, age_years=age,
-                          groups=group, coverage=coverage, seed=seed)
+    held = read_predictions(predictions)
+    card = calibrate_card(ModelCard.load(model_dir), xray_age=held.xray_age,
+                          age_years=held.age_years, groups=held.groups, views=held.views,
+                          sexes=held.sexes, fold=held.fold, coverage=coverage, seed=seed)
     bc, cal = card.bias_correction, card.conformal
     if bc is None or cal is None:  # calibrate_card sets both; never saved half-done
         raise click.ClickException("calibration failed: no bias correction or interval")
@@ -136,5 +159,10 @@ def calibrate(model_dir: Path, predictions: Path, coverage: float, seed: int,
     card.save(target)
     click.echo(f"calibrated model: {target}")
     click.echo(f"bias correction: xray_age ~ {bc.slope:.3f} * age + {bc.intercept:.2f} (n={bc.n})")
-    click.echo(f"conformal {coverage:.0%} interval: ± {cal.quantile:.2f} y (n={cal.n}); "
-               f"split-half empirical coverage {cal.empirical_coverage:.3f}")
+    views = ", ".join(f"{v} ± {q:.2f}" for v, q in cal.view_quantiles.items())
+    click.echo(f"{coverage:.0%} interval for the chronological age: centre stretched "
+               f"x{cal.centre_slope:.2f}, ± {cal.quantile:.2f} y{f' ({views})' if views else ''}"
+               f" (n={cal.n})")
+    bands = ", ".join(f"{k} {v['coverage']:.2f}" for k, v in cal.rates["by_age_band"].items())
+    click.echo(f"out-of-fold coverage {cal.rates['coverage']:.3f}, mean width "
+               f"{cal.rates['mean_width']:.1f} y; by age band: {bands}")

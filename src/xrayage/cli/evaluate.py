@@ -75,8 +75,9 @@ def evaluate(dataset: str, model: str | None, as_json: bool, plots: Path | None,
         plot(result, plots)
     if predictions is not None:
         with open(predictions, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, ["path", "patient_id", "age_years", "xray_age", "sex",
-                                             "view"])
+            writer = csv.DictWriter(handle, ["path", "patient_id", "age_years", "xray_age",
+                                             "age_interval_lower", "age_interval_upper",
+                                             "sex", "view"])
             writer.writeheader()
             writer.writerows(result.predictions)
     if as_json:
@@ -92,5 +93,10 @@ def evaluate(dataset: str, model: str | None, as_json: bool, plots: Path | None,
         for level, g in levels.items():
             click.echo(f"{name}={level:<10} n={g['n']:<6} mae={g['mae']:7.3f} "
                        f"bias={g['bias']:7.3f}")
+    if (rates := m.get("interval")) is not None:
+        bands = ", ".join(f"{k} {v['coverage']:.2f} (n={v['n']})"
+                          for k, v in rates["by_age_band"].items())
+        click.echo(f"interval for the chronological age: coverage {rates['coverage']:.3f}, "
+                   f"mean width {rates['mean_width']:.1f} y; by age band {bands}")
     for note in result.notes:
         click.echo(f"note: {note}")

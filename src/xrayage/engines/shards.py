@@ -46,7 +46,7 @@ def result_schema() -> Any:
     pa, _ = _pa()
     f64, text = pa.float64(), pa.string()
     return pa.schema([
-        ("path", text), ("xray_age", f64), ("xray_age_lower", f64), ("xray_age_upper", f64),
+        ("path", text), ("xray_age", f64), ("age_interval_lower", f64), ("age_interval_upper", f64),
         ("age_years", f64), ("age_gap", f64), ("age_gap_corrected", f64),
         ("qc_status", text), ("qc_reasons", pa.list_(text)), ("error", text),
     ])

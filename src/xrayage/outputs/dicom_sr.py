@@ -12,8 +12,8 @@ Its content tree is::
           Tracking identifier and UID, Finding: Radiographic age assessment (99XRAYAGE)
           Algorithm name/version, Finding site: Chest, Source image: the radiograph
           Radiographic age                          (99XRAYAGE XRA001, UCUM a)
-          Radiographic age, lower prediction limit  (XRA002)
-          Radiographic age, upper prediction limit  (XRA003)
+          Age interval given radiographic age, lower limit  (XRA006)
+          Age interval given radiographic age, upper limit  (XRA007)
           Age                                       (LOINC 30525-0, chronological)
           Radiographic age gap                      (XRA004)
           Radiographic age gap, bias corrected      (XRA005)
@@ -60,8 +60,15 @@ CODING_SCHEME_NAME = "xrayage radiographic age concepts"
 
 FINDING = Code("XRA000", CODING_SCHEME, "Radiographic age assessment")
 XRAY_AGE = Code("XRA001", CODING_SCHEME, "Radiographic age")
-XRAY_AGE_LOWER = Code("XRA002", CODING_SCHEME, "Radiographic age, lower prediction limit")
-XRAY_AGE_UPPER = Code("XRA003", CODING_SCHEME, "Radiographic age, upper prediction limit")
+AGE_INTERVAL_LOWER = Code("XRA006", CODING_SCHEME,
+                          "Age interval given radiographic age, lower limit")
+AGE_INTERVAL_UPPER = Code("XRA007", CODING_SCHEME,
+                          "Age interval given radiographic age, upper limit")
+LEGACY_INTERVAL = {"age_interval_lower": Code("XRA002", CODING_SCHEME,
+                                              "Radiographic age, lower prediction limit"),
+                   "age_interval_upper": Code("XRA003", CODING_SCHEME,
+                                              "Radiographic age, upper prediction limit")}
+"""The codes earlier versions wrote for the same interval under a misleading name; still read."""
 AGE_GAP = Code("XRA004", CODING_SCHEME, "Radiographic age gap")
 AGE_GAP_CORRECTED = Code("XRA005", CODING_SCHEME, "Radiographic age gap, bias corrected")
 CHRONOLOGICAL_AGE = Code("30525-0", "LN", "Age")
@@ -76,8 +83,8 @@ SR_SERIES_NUMBER = 9901
 
 _FIELDS = {
     "xray_age": XRAY_AGE,
-    "xray_age_lower": XRAY_AGE_LOWER,
-    "xray_age_upper": XRAY_AGE_UPPER,
+    "age_interval_lower": AGE_INTERVAL_LOWER,
+    "age_interval_upper": AGE_INTERVAL_UPPER,
     "age_years": CHRONOLOGICAL_AGE,
     "age_gap": AGE_GAP,
     "age_gap_corrected": AGE_GAP_CORRECTED,
@@ -90,7 +97,7 @@ class SRValues:
 
     Attributes
     ----------
-    xray_age, xray_age_lower, xray_age_upper, age_years, age_gap, age_gap_corrected
+    xray_age, age_interval_lower, age_interval_upper, age_years, age_gap, age_gap_corrected
         float or None (``age_years`` is the chronological age) (None when absent from the report).
     algorithm_name, algorithm_version : str
     source_sop_instance_uid : str
@@ -98,8 +105,8 @@ class SRValues:
     """
 
     xray_age: float | None
-    xray_age_lower: float | None
-    xray_age_upper: float | None
+    age_interval_lower: float | None
+    age_interval_upper: float | None
     age_years: float | None
     age_gap: float | None
     age_gap_corrected: float | None
@@ -214,6 +221,8 @@ def read_dicom_sr(source: str | Path | Dataset) -> SRValues:
     values: dict[str, float | None] = {}
     for field, code in _FIELDS.items():
         found = group.get_measurements(name=code)
+        if not found and field in LEGACY_INTERVAL:
+            found = group.get_measurements(name=LEGACY_INTERVAL[field])
         values[field] = float(found[0].value) if found else None
     texts = {str(item.ConceptNameCodeSequence[0].CodeValue): str(item.TextValue)
              for item in group[0].ContentSequence if item.ValueType == "TEXT"}

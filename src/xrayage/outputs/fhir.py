@@ -48,7 +48,7 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 
 CODES = {
     "xray_age": ("xray-age", "X-ray age"),
-    "interval": ("xray-age-interval", "X-ray age prediction interval"),
+    "interval": ("age-interval-given-xray-age", "Chronological age interval given X-ray age"),
     "age_gap": ("xray-age-gap", "X-ray age gap"),
     "age_gap_corrected": ("xray-age-gap-corrected", "X-ray age gap, bias corrected"),
     "report": ("xray-age-report", "X-ray age report"),
@@ -91,13 +91,14 @@ def to_fhir_observation(estimate: AgeEstimate, card: ModelCard, *,
     observation = require("fhir.resources.R4B.observation", "clinical", FEATURE)
     age = require_age(estimate, FEATURE)
     components: list[dict[str, Any]] = []
-    lower, upper = estimate.xray_age_lower, estimate.xray_age_upper
+    lower, upper = estimate.age_interval_lower, estimate.age_interval_upper
     if lower is not None and upper is not None:
         cov = coverage(card)
         code, display = CODES["interval"]
         components.append({
             "code": _concept(CODE_SYSTEM, code, display,
-                             text=None if cov is None else f"{cov:.0%} prediction interval"),
+                             text=None if cov is None else
+                             f"{cov:.0%} interval for the chronological age"),
             "valueRange": {"low": _years(lower, decimals), "high": _years(upper, decimals)},
         })
     if estimate.age_years is not None:

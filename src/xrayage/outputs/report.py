@@ -66,11 +66,11 @@ def gap_reference(estimate: AgeEstimate, card: ModelCard) -> GapReference | None
     >>> from xrayage.card import ConformalCalibration, PreprocessSpec
     >>> card = ModelCard("m", "1", "cnn", PreprocessSpec(),
     ...                  conformal=ConformalCalibration(coverage=0.9, quantile=8.0))
-    >>> est = AgeEstimate("x", xray_age=60.0, xray_age_lower=52.0, xray_age_upper=68.0)
+    >>> est = AgeEstimate("x", xray_age=60.0, age_interval_lower=52.0, age_interval_upper=68.0)
     >>> round(gap_reference(est, card).sigma, 2)
     4.86
     """
-    lower, upper, cov = estimate.xray_age_lower, estimate.xray_age_upper, coverage(card)
+    lower, upper, cov = estimate.age_interval_lower, estimate.age_interval_upper, coverage(card)
     if lower is not None and upper is not None and cov is not None and 0 < cov < 1:
         half = (upper - lower) / 2.0
         z = NormalDist().inv_cdf((1.0 + cov) / 2.0)
@@ -138,10 +138,10 @@ def _result(est: AgeEstimate, card: ModelCard) -> str:
         why = est.error or f"quality check: {est.qc_status}"
         return f'<div class="big none">No X-ray age</div><p>{esc(why)}</p>'
     rows = []
-    if est.xray_age_lower is not None and est.xray_age_upper is not None:
+    if est.age_interval_lower is not None and est.age_interval_upper is not None:
         cov = coverage(card)
-        label = f"{cov:.0%} interval" if cov is not None else "Interval"
-        rows.append((label, f"{est.xray_age_lower:.1f} \u2013 {est.xray_age_upper:.1f} y"))
+        label = ("Interval" if cov is None else f"{cov:.0%} interval") + " for chronological age"
+        rows.append((label, f"{est.age_interval_lower:.1f} \u2013 {est.age_interval_upper:.1f} y"))
     rows.append(("Chronological age", "unknown" if est.age_years is None
                  else f"{est.age_years:.1f} y"))
     if est.age_gap is not None:
@@ -243,7 +243,7 @@ def _card(card: ModelCard) -> str:
         rows.append(("Metrics", ", ".join(f"{k} {v:.3g}" for k, v in list(metrics.items())[:6])))
     if card.conformal is not None:
         c = card.conformal
-        text = f"{c.coverage:.0%} split-conformal interval (n = {c.n})"
+        text = f"{c.coverage:.0%} split-conformal interval for chronological age (n = {c.n})"
         if c.empirical_coverage is not None:
             text += f", {c.empirical_coverage:.0%} measured"
         rows.append(("Interval", text))

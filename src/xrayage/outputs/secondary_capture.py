@@ -145,10 +145,10 @@ def summary_lines(estimate: AgeEstimate, card: ModelCard, *, heatmap: bool = Tru
     """
     age = require_age(estimate, FEATURE)
     first = f"X-ray age {age:.1f} y"
-    if estimate.xray_age_lower is not None and estimate.xray_age_upper is not None:
+    if estimate.age_interval_lower is not None and estimate.age_interval_upper is not None:
         cov = coverage(card)
-        first += (f"   ({'' if cov is None else f'{cov:.0%} '}interval "
-                  f"{estimate.xray_age_lower:.1f} - {estimate.xray_age_upper:.1f} y)")
+        first += (f"   ({'' if cov is None else f'{cov:.0%} '}interval for chronological age "
+                  f"{estimate.age_interval_lower:.1f} - {estimate.age_interval_upper:.1f} y)")
     second = ("Chronological age unknown: no gap" if estimate.age_years is None
               else f"Chronological age {estimate.age_years:.1f} y   "
                    f"Gap {_signed(estimate.age_gap)} y")

@@ -61,8 +61,10 @@ class Prediction(BaseModel):
     """The X-ray age of one upload (``xray_age`` is null when quality checks reject it)."""
 
     xray_age: float | None = Field(description="X-ray age, years")
-    xray_age_lower: float | None = Field(description="lower prediction limit, years")
-    xray_age_upper: float | None = Field(description="upper prediction limit, years")
+    age_interval_lower: float | None = Field(
+        description="lower limit of the interval for the chronological age of a patient with "
+        "this X-ray age, years")
+    age_interval_upper: float | None = Field(description="its upper limit, years")
     interval_coverage: float | None = Field(description="nominal coverage of the interval")
     age_years: float | None = Field(description="chronological age, from the header or the "
                                     "age_years field, years")
@@ -302,8 +304,8 @@ def _predict(estimator: XRayAge, data: bytes, age_years: float | None, sex: str 
     result: dict[str, Any] = est.to_record()
     del result["path"], result["error"]
     result["qc_messages"] = est.quality.messages
-    result["interval_coverage"] = (card.conformal.coverage
-                                   if card.conformal and est.xray_age_lower is not None else None)
+    result["interval_coverage"] = (None if card.conformal is None or est.age_interval_lower
+                                   is None else card.conformal.coverage)
     result["model"] = {"name": card.name, "version": card.version}
     if options.heatmap and est.heatmap is not None and est.radiograph is not None:
         image = overlay(est.radiograph.pixels, est.heatmap, card.preprocessing, max_side=768)

@@ -42,9 +42,9 @@ async function loadModel() {
 function show(result) {
   $("result").hidden = false;
   $("xray-age").textContent = fmt(result.xray_age);
-  $("interval").textContent = result.xray_age_lower === null
+  $("interval").textContent = result.age_interval_lower === null
     ? ""
-    : `${Math.round(100 * result.interval_coverage)}% interval ${fmt(result.xray_age_lower)}–${fmt(result.xray_age_upper)} years`;
+    : `${Math.round(100 * result.interval_coverage)}% interval for the chronological age: ${fmt(result.age_interval_lower)}–${fmt(result.age_interval_upper)} years`;
   $("chrono").textContent = result.age_years === null
     ? "unknown (type it in to get a gap)" : fmt(result.age_years) + " years";
   $("gap").textContent = signed(result.age_gap);
