@@ -87,6 +87,13 @@ def preprocess(rg: Radiograph | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return normalize(to_square(pixels, spec), spec)
 
 
+TTA_ZOOM = 0.03
+"""Each side of the square image cropped away by the zoomed test-time view."""
+
+TTA_SHIFT = 0.03
+"""Horizontal shift of the two shifted test-time views, as a share of the side."""
+
+
 def tta_views(img: np.ndarray) -> list[np.ndarray]:
     """Test-time views of a square image in [0, 1]: a 6% zoom and ±3% horizontal shifts.
 
@@ -99,10 +106,10 @@ def tta_views(img: np.ndarray) -> list[np.ndarray]:
     """
     side = img.shape[0]
     pil = Image.fromarray(img.astype(np.float32), mode="F")
-    crop = round(side * 0.03)
+    crop = round(side * TTA_ZOOM)
     zoom = pil.crop((crop, crop, side - crop, side - crop)).resize(
         (side, side), Image.Resampling.BILINEAR)
-    shift = round(side * 0.03)
+    shift = round(side * TTA_SHIFT)
     views = [np.asarray(zoom, dtype=np.float32)]
     for dx in (shift, -shift):
         moved = np.zeros_like(img)
@@ -112,6 +119,48 @@ def tta_views(img: np.ndarray) -> list[np.ndarray]:
             moved[:, :dx] = img[:, -dx:]
         views.append(moved)
     return views
+
+
+def tta_mean_map(maps: np.ndarray, side: int) -> np.ndarray:
+    """The mean of the heat maps of an image and its :func:`tta_views`, in the image's frame.
+
+    Each view's map is mapped back by the inverse of its view's geometry (the zoom undone,
+    the shift shifted back); what it gave to parts of the view that show no part of the
+    image (the shifts' black margins) is spread evenly, so each map keeps its sum. The
+    mean of the result is therefore the mean of the views' map means: with the head's bias
+    added, the X-ray age averaged over the views, as the map of one view is.
+
+    Parameters
+    ----------
+    maps : numpy.ndarray
+        (T, h, w) maps of the image (first) and its T - 1 views, in the order of
+        :func:`model_input` with ``tta=True``.
+    side : int
+        Side of the square model input, in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        (h, w) float32.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape[0] == 1:
+        return maps[0]
+    h, w = maps.shape[1:]
+    crop, shift = round(side * TTA_ZOOM) / side, round(side * TTA_SHIFT) / side
+    scale = 1.0 / (1.0 - 2.0 * crop)
+    # output (image) coordinates -> the view's map coordinates, per view
+    affine = [(scale, 0.0, -crop * w * scale, 0.0, scale, -crop * h * scale),
+              (1.0, 0.0, shift * w, 0.0, 1.0, 0.0),
+              (1.0, 0.0, -shift * w, 0.0, 1.0, 0.0)]
+    out = [maps[0]]
+    for view_map, data in zip(maps[1:], affine, strict=True):
+        back = Image.fromarray(view_map, mode="F").transform(
+            (w, h), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR, fillcolor=0.0)
+        mapped = np.asarray(back, dtype=np.float32) * (data[0] * data[4])  # cells per cell
+        mapped += (float(view_map.sum()) - float(mapped.sum())) / mapped.size
+        out.append(mapped)
+    return np.stack(out).mean(axis=0, dtype=np.float32)
 
 
 def model_input(img: np.ndarray, spec: PreprocessSpec, tta: bool = False) -> np.ndarray:
