@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,9 +32,12 @@ from .estimate import AgeEstimate, FailureKind, InputFailure, SourceInfo
 from .io import DEFAULT_MAX_PIXELS, Source, read_radiograph
 from .model import AgeModel
 from .postprocess import finish, model_identity
-from .preprocess import model_input, to_square
+from .preprocess import model_input, to_square, tta_mean_map
 from .quality import Check, QualityReport, QualityStatus, check_quality
 from .radiograph import Radiograph
+
+FeatureSink = Callable[[AgeEstimate, np.ndarray], None]
+"""A receiver of the model's ``features`` of each estimated input (``on_features=``)."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,8 @@ def prepare(item: PredictInput, spec: PreprocessSpec, *, tta: bool = False,
 
 
 def estimate_batches(model: AgeModel, prepared: Iterable[Prepared], *, batch_size: int = 8,
-                     heatmap: bool = False, allow: Collection[str] = ()
-                     ) -> Iterator[AgeEstimate]:
+                     heatmap: bool = False, allow: Collection[str] = (),
+                     on_features: FeatureSink | None = None) -> Iterator[AgeEstimate]:
     """Run the model on prepared inputs in batches; yield finished estimates in input order.
 
     Parameters
@@ -176,30 +179,38 @@ def estimate_batches(model: AgeModel, prepared: Iterable[Prepared], *, batch_siz
         Also compute the class activation maps.
     allow : collection of str
         Refusal codes of the content checks the user allows (they become warnings).
+    on_features : callable, optional
+        Called as ``on_features(estimate, features)`` for each input that got an X-ray age,
+        with the model's ``features`` output (float32 (D,), the mean over test-time views),
+        in input order (site adaptation, :mod:`xrayage.adapt`, reads them so).
     """
     batch: list[Prepared] = []
     for p in prepared:
         batch.append(p)
         if sum(q.accepted for q in batch) >= max(1, batch_size):
-            yield from run_batch(model, batch, heatmap=heatmap, allow=allow)
+            yield from run_batch(model, batch, heatmap=heatmap, allow=allow,
+                                 on_features=on_features)
             batch = []
-    yield from run_batch(model, batch, heatmap=heatmap, allow=allow)
+    yield from run_batch(model, batch, heatmap=heatmap, allow=allow, on_features=on_features)
 
 
 def run_batch(model: AgeModel, batch: Sequence[Prepared], *, heatmap: bool = False,
-              allow: Collection[str] = ()) -> list[AgeEstimate]:
+              allow: Collection[str] = (), on_features: FeatureSink | None = None
+              ) -> list[AgeEstimate]:
     """One model call over the accepted inputs of `batch`; an estimate for every input.
 
     With content checks in the model (:attr:`AgeModel.content`), their findings join each
-    estimate's quality report, and an input they refuse gets no X-ray age.
+    estimate's quality report, and an input they refuse gets no X-ray age. `on_features`
+    is as in :func:`estimate_batches`.
     """
     ready = [p for p in batch if p.tensor is not None]
     finished: dict[int, AgeEstimate] = {}
     if ready:
         tensors = [p.tensor for p in ready if p.tensor is not None]
-        views = tensors[0].shape[0]
+        views, side = tensors[0].shape[0], tensors[0].shape[-1]
         content = model.content
-        out = model.run(np.concatenate(tensors), cam=heatmap, features=content is not None)
+        out = model.run(np.concatenate(tensors), cam=heatmap,
+                        features=content is not None or on_features is not None)
         scores = (content.scores(out.features[::views]) if content is not None
                   and out.features is not None else [None] * len(ready))
         for i, (p, score) in enumerate(zip(ready, scores, strict=True)):
@@ -212,20 +223,22 @@ def run_batch(model: AgeModel, batch: Sequence[Prepared], *, heatmap: bool = Fal
                     continue
             rows = slice(i * views, (i + 1) * views)
             sigma = None if out.sigma is None else float(np.mean(out.sigma[rows]))
-            cam = None if out.cam is None else out.cam[rows.start]
+            cam = None if out.cam is None else tta_mean_map(out.cam[rows], side)
             finished[id(p)] = finish(est, model.card, float(np.mean(out.age[rows])), sigma, cam)
+            if on_features is not None and out.features is not None:
+                on_features(finished[id(p)], out.features[rows].mean(axis=0))
     return [finished.get(id(p), p.estimate) for p in batch]
 
 
 def stream(model: AgeModel, items: Iterable[PredictInput], *, tta: bool = False,
            heatmap: bool = False, keep_radiograph: bool = False, batch_size: int = 8,
            read_workers: int = 1, checks: list[Check] | None = None,
-           allow: Collection[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS
-           ) -> Iterator[AgeEstimate]:
+           allow: Collection[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS,
+           on_features: FeatureSink | None = None) -> Iterator[AgeEstimate]:
     """:func:`prepare` in reader threads and :func:`estimate_batches`, in input order.
 
     At most ``2 * batch_size`` inputs are read ahead, so memory stays bounded on an
-    archive of any size.
+    archive of any size. `on_features` is as in :func:`estimate_batches`.
     """
     spec = model.card.preprocessing
     window = max(1, batch_size) * 2
@@ -245,7 +258,7 @@ def stream(model: AgeModel, items: Iterable[PredictInput], *, tta: bool = False,
                 yield pending.popleft().result()
 
         yield from estimate_batches(model, ahead(), batch_size=batch_size, heatmap=heatmap,
-                                    allow=allow)
+                                    allow=allow, on_features=on_features)
 
 
 def label(source: object, index: int) -> str:
@@ -257,5 +270,5 @@ def label(source: object, index: int) -> str:
     return f"<input {index}>"
 
 
-__all__ = ["PredictInput", "Prepared", "estimate_batches", "label", "prepare", "run_batch",
-           "stream"]
+__all__ = ["FeatureSink", "PredictInput", "Prepared", "estimate_batches", "label", "prepare",
+           "run_batch", "stream"]
