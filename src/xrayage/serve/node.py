@@ -269,8 +269,42 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _key(sop_instance_uid: str, model: str) -> str:
+def ledger_key(sop_instance_uid: str, model: str) -> str:
+    """The done-ledger key of a source instance and a model (32 hex digits, no UID in it).
+
+    Examples
+    --------
+    >>> len(ledger_key("1.2.3", "m 1"))
+    32
+    """
     return hashlib.sha256(f"{sop_instance_uid}|{model}".encode()).hexdigest()[:32]
+
+
+def model_label(card: Any) -> str:
+    """The model's identity as the result UIDs and ledger keys use it: ``name version``."""
+    return f"{card.name} {card.version}"
+
+
+def result_datasets(est: Any, card: Any, *, send_sc: bool = False) -> list[Any]:
+    """The SR (and with ``send_sc`` the SC) of an estimate, with UIDs from :func:`result_uid`.
+
+    Every way into a PACS (this node, ``xrayage dicomweb``, the Orthanc plugin) answers an
+    instance with these objects, so the same source and model give the same instances.
+    """
+    from ..outputs import to_dicom_sr, to_secondary_capture
+
+    model = model_label(card)
+    source_uid = (est.source.sop_instance_uid if est.source is not None else None) or ""
+    objects: list[Any] = [to_dicom_sr(est, card)]
+    if send_sc:
+        objects.append(to_secondary_capture(est, card))
+    for ds, role in zip(objects, ("sr", "sc"), strict=False):
+        ds.SOPInstanceUID = result_uid(source_uid, model, role)
+        series = est.source.series_instance_uid if est.source is not None else None
+        ds.SeriesInstanceUID = result_uid(series or source_uid, model, f"{role}-series")
+        if getattr(ds, "file_meta", None) is not None:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return objects
 
 
 class _UndeliverableError(Exception):
@@ -436,7 +470,7 @@ class XRayAgeNode:
     def _on_store(self, event: Any) -> int:
         self.stats.add("received")
         uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
-        key = _key(uid, self._model)
+        key = ledger_key(uid, self._model)
         if uid and self.spool.is_done(key):
             self.stats.add("duplicate")
             logger.info("instance %s received again: already answered, acknowledged only",
@@ -566,18 +600,7 @@ class XRayAgeNode:
                 "results": [str(ds.SOPInstanceUID) for ds in outputs]}
 
     def _outputs(self, est: Any, source_uid: str) -> list[Any]:
-        card = self.estimator.card
-        objects: list[Any] = [self._to_sr(est, card)]
-        if self.send_sc:
-            objects.append(self._to_sc(est, card))
-        for ds, role in zip(objects, ("sr", "sc"), strict=False):
-            ds.SOPInstanceUID = result_uid(source_uid, self._model, role)
-            series = est.source.series_instance_uid if est.source is not None else None
-            ds.SeriesInstanceUID = result_uid(series or source_uid, self._model,
-                                              f"{role}-series")
-            if getattr(ds, "file_meta", None) is not None:
-                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        return objects
+        return result_datasets(est, self.estimator.card, send_sc=self.send_sc)
 
     def _deliver(self, outputs: list[Any], tag: str) -> bool:
         """Send with retries; True when delivered, False when stopping mid-way."""
@@ -635,4 +658,4 @@ class XRayAgeNode:
 
 
 __all__ = ["Destination", "NodeSettings", "NodeStats", "XRayAgeNode", "instance_tag",
-           "result_uid"]
+           "ledger_key", "model_label", "result_datasets", "result_uid"]
