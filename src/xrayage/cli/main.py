@@ -26,9 +26,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("xrayage.cli.calibrate", "calibrate"),
     "analyze": ("xrayage.cli.analyze", "analyze"),
     "crossfit": ("xrayage.cli.crossfit", "crossfit"),
+    "adapt": ("xrayage.cli.adapt", "adapt"),
     "import-torchscript": ("xrayage.cli.import_torchscript", "import_torchscript_cmd"),
     "serve": ("xrayage.cli.serve", "serve"),
     "dicom-node": ("xrayage.cli.dicom_node", "dicom_node"),
+    "dicomweb": ("xrayage.cli.dicomweb", "dicomweb"),
 }
 
 EXIT_BAD_INPUT = 2
