@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from xrayage.datasets.splits import Split
+from xrayage.folds import assign_folds
 from xrayage.train.fit import TrainConfig, prepare
-from xrayage.train.oof import assign_folds
 from xrayage.train.probe import fit_linear_probe
 
 REPO = Path(__file__).resolve().parents[1]

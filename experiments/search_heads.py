@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from xrayage.train.oof import assign_folds
+from xrayage.folds import assign_folds
 
 RATIOS = np.logspace(-5, 2, 36)
 """Penalties searched, relative to the mean diagonal of the centred Gram matrix."""

@@ -11,7 +11,6 @@ from xrayage.calibration import (
     fit_bias_correction,
     fit_conformal,
     fit_interval,
-    group_folds,
     interval,
     interval_rates,
 )
@@ -138,14 +137,6 @@ def test_old_cards_read_as_a_plain_interval() -> None:
 
     old = ConformalCalibration(coverage=0.9, quantile=14.9, n=1312)  # a card from 0.1
     assert interval(old, 45.3, view="AP") == pytest.approx((30.4, 60.2))
-
-
-def test_group_folds_keep_patients_together() -> None:
-    groups = [f"p{i // 3}" for i in range(300)]
-    fold = group_folds(groups, 5)
-    assert all(len({int(f) for f, g in zip(fold, groups, strict=True) if g == p}) == 1
-               for p in set(groups))
-    assert set(fold.tolist()) == set(range(5))
 
 
 def test_finish_uses_the_interval_of_the_images_view() -> None:

@@ -47,7 +47,8 @@ def test_calibrate_updates_card(tmp_path: Path) -> None:
     assert 0.85 <= cal.empirical_coverage <= 0.95
     bands = cal.rates["by_age_band"]
     assert set(bands) == {"18-39", "40-59", "60-79", "80+"}
-    assert all(0.85 <= b["coverage"] <= 0.95 for b in bands.values())
+    # about 85 films per band: a standard error of 0.03 around the chosen 0.86-0.94
+    assert all(0.80 <= b["coverage"] <= 0.97 for b in bands.values())
 
 
 def test_calibrate_reads_the_legacy_age_column_with_a_warning(tmp_path: Path) -> None:

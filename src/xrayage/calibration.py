@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .card import BiasCorrection, ConformalCalibration, ModelCard
+from .folds import assign_folds
 from .metrics import age_band
 
 
@@ -130,11 +131,12 @@ def empirical_coverage(*, lower: np.ndarray, upper: np.ndarray, age_years: np.nd
 def fit_interval(*, xray_age: np.ndarray, age_years: np.ndarray, groups: Sequence[str],
                  views: Sequence[str | None] | None = None, coverage: float = 0.9,
                  stretches: Sequence[float] = STRETCHES, tolerance: float = 0.04,
-                 folds: int = 5, seed: int = 0) -> ConformalCalibration:
+                 folds: int = 5, repeats: int = 3, seed: int = 0) -> ConformalCalibration:
     """Fit the per-image interval: a stretched centre and Mondrian quantiles by view.
 
     The stretch is chosen among `stretches` by a patient-grouped `folds`-fold
-    cross-validation on these predictions: the narrowest interval whose out-of-fold
+    cross-validation on these predictions (`repeats` fold draws, their coverages averaged,
+    so the choice does not hang on one draw): the narrowest interval whose out-of-fold
     coverage is within `tolerance` of `coverage` in every age band with at least
     :data:`MIN_BAND` images, else the one closest to it in its worst band. The quantiles
     are then fitted on all rows: one per view with at least :data:`MIN_VIEW` images, and
@@ -154,7 +156,8 @@ def fit_interval(*, xray_age: np.ndarray, age_years: np.ndarray, groups: Sequenc
         Candidate stretches; ``(1.0,)`` gives a plain interval around the X-ray age.
     tolerance : float
         Largest accepted distance of a band's coverage from `coverage`.
-    folds : int
+    folds, repeats : int
+        Folds of the cross-validation, and its fold draws.
     seed : int
 
     Returns
@@ -166,13 +169,16 @@ def fit_interval(*, xray_age: np.ndarray, age_years: np.ndarray, groups: Sequenc
     if not candidates:
         raise ValueError("stretches is empty")
     if len(candidates) > 1:
-        fold = group_folds(group, folds, seed)
+        draws = [assign_folds(group, folds, ages=age, seed=seed + r) for r in range(repeats)]
         scored = []
         for k in candidates:
-            lower, upper = _crossfit(pred, age, view, fold, coverage, lambda p, a, v, k=k:
-                                     _fit_fixed(p, a, v, coverage, k))
-            scored.append((_worst_band(lower, upper, age, coverage),
-                           float(np.mean(upper - lower)), k))
+            inside, width = np.zeros(len(age)), np.zeros(len(age))
+            for fold in draws:
+                lower, upper = _crossfit(pred, age, view, fold, coverage, lambda p, a, v, k=k:
+                                         _fit_fixed(p, a, v, coverage, k))
+                inside += ((age >= lower) & (age <= upper)) / repeats
+                width += (upper - lower) / repeats
+            scored.append((_worst_band(inside, age, coverage), float(width.mean()), k))
         within = [(width, k) for worst, width, k in scored if worst <= tolerance]
         candidates = [min(within)[1] if within else min(scored)[2]]
     return _fit_fixed(pred, age, view, coverage, candidates[0])
@@ -187,13 +193,16 @@ def crossfit_interval(*, xray_age: np.ndarray, age_years: np.ndarray, groups: Se
     that one, and report coverage and width overall and by age band, view and sex.
 
     `fold` gives the outer folds (e.g. the folds of the out-of-fold predictions); by
-    default 5 patient-grouped folds. The stretch is chosen again inside each outer fold.
+    default 5 folds of :func:`xrayage.folds.assign_folds`. The stretch is chosen again
+    inside each outer fold.
     """
     n = len(np.asarray(xray_age))
     sex = [None] * n if sexes is None else list(sexes)
-    outer = group_folds(list(groups), 5, seed) if fold is None else np.asarray(fold, int)
+    given = np.zeros(n, int) if fold is None else np.asarray(fold, int)
     pred, age, view, group, sex_kept, outer_kept = _rows(xray_age, age_years, views, groups,
-                                                         sex, outer)
+                                                         sex, given)
+    if fold is None:
+        outer_kept = assign_folds(group, 5, ages=age, seed=seed)
     lower = np.empty_like(pred)
     upper = np.empty_like(pred)
     for k in np.unique(outer_kept):
@@ -237,21 +246,6 @@ def interval_rates(*, lower: Sequence[float] | np.ndarray, upper: Sequence[float
         arr = np.asarray(values)
         out[key] = {name: summary(arr == name) for name in sorted(set(values))}
     return out
-
-
-def group_folds(groups: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
-    """Assign each row to one of `folds` folds, keeping each group (patient) in one.
-
-    Examples
-    --------
-    >>> f = group_folds(["a", "a", "b", "c"], 2)
-    >>> bool(f[0] == f[1])
-    True
-    """
-    names = sorted(set(groups))
-    order = np.random.default_rng(seed).permutation(len(names))
-    of = {names[i]: rank % folds for rank, i in enumerate(order)}
-    return np.array([of[g] for g in groups], dtype=np.int64)
 
 
 def calibrate_card(card: ModelCard, *, xray_age: np.ndarray, age_years: np.ndarray,
@@ -307,10 +301,9 @@ def _crossfit(pred: np.ndarray, age: np.ndarray, view: np.ndarray, fold: np.ndar
     return lower, upper
 
 
-def _worst_band(lower: np.ndarray, upper: np.ndarray, age: np.ndarray,
-                coverage: float) -> float:
+def _worst_band(inside: np.ndarray, age: np.ndarray, coverage: float) -> float:
+    """Largest distance of a band's coverage (the mean of `inside`) from `coverage`."""
     bands = np.array([age_band(a) for a in age])
-    inside = (age >= lower) & (age <= upper)
     gaps = [abs(float(inside[bands == b].mean()) - coverage) for b in set(bands.tolist())
             if (bands == b).sum() >= MIN_BAND]
     return max(gaps) if gaps else abs(float(inside.mean()) - coverage)

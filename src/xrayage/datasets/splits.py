@@ -1,6 +1,6 @@
 """Patient-disjoint, age-stratified, seeded train/validation/test splits.
 
-Folds for cross-fitting are assigned by :func:`xrayage.train.oof.assign_folds` (before 0.2
+Folds for cross-fitting are assigned by :func:`xrayage.folds.assign_folds` (before 0.2
 ``assign_folds`` lived here).
 """
 

@@ -2,7 +2,7 @@
 
 Predictions on training images are biased (their gaps shrink towards zero), so a cohort
 analysis of a model's own training data must use out-of-fold predictions. :func:`crossfit`
-assigns the folds with :func:`~xrayage.train.oof.assign_folds` and writes the predictions
+assigns the folds with :func:`~xrayage.folds.assign_folds` and writes the predictions
 with :func:`~xrayage.train.oof.write_oof`: a ``fold`` column and a sidecar
 ``PRED.csv.provenance.json`` that ``xrayage analyze`` reads. (Before 0.2 this module was
 ``xrayage.cohort.crossfit``.)
@@ -21,8 +21,9 @@ from typing import Any
 
 from ..card import ModelCard
 from ..datasets import Sample, filter_samples, load_dataset
+from ..folds import assign_folds
 from ..predict import RECORD_FIELDS
-from .oof import assign_folds, write_oof
+from .oof import write_oof
 
 logger = logging.getLogger(__name__)
 

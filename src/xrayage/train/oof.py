@@ -1,11 +1,11 @@
-"""Out-of-fold predictions: the one fold assigner and the one writer of their file.
+"""Out-of-fold predictions: the one writer of their file (folds from :mod:`xrayage.folds`).
 
 Predictions on a model's own training images are biased (their gaps shrink towards zero),
 so a cohort analysis of training data needs out-of-fold predictions: each image predicted
 by a model that never saw its patient. Both ways of making them, ``xrayage crossfit``
 (:func:`xrayage.train.crossfit.crossfit`, k trained models) and the ridge probe's nested
 cross-fitting (:func:`xrayage.train.probe.crossfit_ridge`), assign folds with
-:func:`assign_folds` and write with :func:`write_oof`: a CSV with the columns
+:func:`xrayage.folds.assign_folds` and write with :func:`write_oof`: a CSV with the columns
 :data:`OOF_FIELDS` (and any others the caller adds) and its provenance sidecar
 (:mod:`xrayage.provenance`), which ``xrayage analyze`` and ``xrayage calibrate`` read.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import fit_bias_correction
+from ..folds import assign_folds
 from ..provenance import write_provenance
 
 OOF_FIELDS = ("path", "patient_id", "fold", "age_years", "xray_age", "age_gap",
@@ -32,63 +32,6 @@ OOF_FIELDS = ("path", "patient_id", "fold", "age_years", "xray_age", "age_gap",
 """The first columns of every out-of-fold CSV, in order. ``age_gap`` is ``xray_age -
 age_years``; ``age_gap_corrected`` uses the age-bias correction fitted on all the file's
 out-of-fold predictions (recorded in the sidecar); ``sex`` is empty when unknown."""
-
-
-def assign_folds(patients: Sequence[str], k: int, *,
-                 ages: Sequence[float] | np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """Fold in ``0..k-1`` of each row: patient-disjoint, balanced in size and age, seeded.
-
-    Patients are sorted by their median age (by id when no ages are given), cut into
-    consecutive blocks of `k`, and each block is dealt to the folds in a random order
-    (``numpy.random.default_rng(seed)``), so every fold spans the age range and fold
-    sizes (in patients) differ by at most one. No global random state is touched.
-
-    Parameters
-    ----------
-    patients : sequence of str
-        Patient id of each row (image); a patient's rows all get one fold.
-    k : int
-        Folds (>= 2).
-    ages : array-like, optional
-        Age of each row, in years, to balance the folds in age.
-    seed : int
-
-    Returns
-    -------
-    numpy.ndarray
-        int64, one fold per row.
-
-    Raises
-    ------
-    ValueError
-        ``k < 2``, fewer patients than folds, an empty patient id, or `ages` of another
-        length.
-
-    Examples
-    --------
-    >>> patients = [f"p{i // 2}" for i in range(40)]
-    >>> fold = assign_folds(patients, 4, ages=[20.0 + i for i in range(40)], seed=0)
-    >>> np.bincount(fold).tolist(), bool(fold[0] == fold[1])
-    ([10, 10, 10, 10], True)
-    """
-    if k < 2:
-        raise ValueError(f"fold assignment needs k >= 2 folds, not {k}")
-    if ages is not None and len(ages) != len(patients):
-        raise ValueError(f"{len(ages)} ages for {len(patients)} patient ids")
-    by_patient: dict[str, list[float]] = defaultdict(list)
-    for i, pid in enumerate(patients):
-        if not pid:
-            raise ValueError(f"row {i} has no patient id; folds must be patient-disjoint")
-        by_patient[str(pid)].append(0.0 if ages is None else float(ages[i]))
-    if len(by_patient) < k:
-        raise ValueError(f"{len(by_patient)} patients are too few for {k} folds")
-    rng = np.random.default_rng(seed)
-    order = sorted(by_patient, key=lambda p: (float(np.median(by_patient[p])), p))
-    fold_of: dict[str, int] = {}
-    for start in range(0, len(order), k):
-        for pid, fold in zip(order[start:start + k], rng.permutation(k), strict=False):
-            fold_of[pid] = int(fold)
-    return np.array([fold_of[str(p)] for p in patients], dtype=np.int64)
 
 
 def write_oof(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], *,

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from ..datasets import Sample
+from ..folds import assign_folds
 from .cache import ImageCache
 from .fit import TrainConfig, prepare
-from .oof import assign_folds, write_oof
+from .oof import write_oof
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
     return float(alphas[best]), preds[best, scored]
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
     """Ridge on raw features (standardised inside): weights and intercept, in years."""
     mean, sd = _standardise(x)
     weight = solve_ridge((x - mean) / sd, y - y.mean(), [alpha])[0] / sd
@@ -130,7 +131,7 @@ def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, floa
 
 def set_head(model: Any, x: np.ndarray, y: np.ndarray, alpha: float) -> None:
     """Fit ridge on all of (x, y) and write it into the AgeNet head (years -> head units)."""
-    weight, bias = _ridge(x, y, alpha)
+    weight, bias = fit_ridge(x, y, alpha)
     scale, shift = float(model.age_scale), float(model.age_shift)
     model.head.weight.data[0] = torch.from_numpy(weight / scale).float()
     model.head.bias.data[0] = (bias - shift) / scale
@@ -156,7 +157,7 @@ def crossfit_ridge(x: np.ndarray, y: np.ndarray, patients: Sequence[str], copies
     copies : int
         Rows of `x` per image (1 + augmented views).
     folds : int
-        Outer (and inner) folds, assigned by :func:`~xrayage.train.oof.assign_folds`
+        Outer (and inner) folds, assigned by :func:`~xrayage.folds.assign_folds`
         (balanced in age; the inner ones with ``seed + 1``).
     seed : int
 
@@ -176,7 +177,7 @@ def crossfit_ridge(x: np.ndarray, y: np.ndarray, patients: Sequence[str], copies
         inner = assign_folds([patients[int(i)] for i in tr], folds, ages=y[tr], seed=seed + 1)
         alpha, _ = choose_alpha(x[rows], np.tile(y[tr], copies), np.tile(inner, copies),
                                 scored=np.arange(len(rows)) < len(tr))
-        weight, bias = _ridge(x[rows], np.tile(y[tr], copies), alpha)
+        weight, bias = fit_ridge(x[rows], np.tile(y[tr], copies), alpha)
         oof[outer == k] = x[:n][outer == k] @ weight + bias
         alphas.append(alpha)
     return oof, alphas
@@ -190,7 +191,7 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     ``probe_oof.csv`` by :func:`~xrayage.train.oof.write_oof` (the columns
     :data:`~xrayage.train.oof.OOF_FIELDS`, with a ``probe_oof.csv.provenance.json`` sidecar
     that marks it out-of-fold for ``xrayage analyze``): the validation of a model trained on
-    every image. Folds are assigned by :func:`~xrayage.train.oof.assign_folds`.
+    every image. Folds are assigned by :func:`~xrayage.folds.assign_folds`.
 
     Returns
     -------
