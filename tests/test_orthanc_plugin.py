@@ -48,7 +48,7 @@ from xrayage.serve.orthanc_plugin import (
 
 from .dicom_factory import make_dataset, to_bytes
 from .onnx_factory import build_tiny_model
-from .test_dicomweb import (
+from .pacs_support import (
     ORTHANC,
     Corpus,
     OrthancServer,
