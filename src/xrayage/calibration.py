@@ -9,7 +9,7 @@ them by keyword (``xray_age=``, ``age_years=``), so they cannot be swapped silen
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -173,9 +173,12 @@ def fit_interval(*, xray_age: np.ndarray, age_years: np.ndarray, groups: Sequenc
         scored = []
         for k in candidates:
             inside, width = np.zeros(len(age)), np.zeros(len(age))
+
+            def fit(train: np.ndarray, k: float = k) -> ConformalCalibration:
+                return _fit_fixed(pred[train], age[train], view[train], coverage, k)
+
             for fold in draws:
-                lower, upper = _crossfit(pred, age, view, fold, coverage, lambda p, a, v, k=k:
-                                         _fit_fixed(p, a, v, coverage, k))
+                lower, upper = _crossfit(pred, view, fold, fit)
                 inside += ((age >= lower) & (age <= upper)) / repeats
                 width += (upper - lower) / repeats
             scored.append((_worst_band(inside, age, coverage), float(width.mean()), k))
@@ -203,17 +206,14 @@ def crossfit_interval(*, xray_age: np.ndarray, age_years: np.ndarray, groups: Se
                                                          sex, given)
     if fold is None:
         outer_kept = assign_folds(group, 5, ages=age, seed=seed)
-    lower = np.empty_like(pred)
-    upper = np.empty_like(pred)
-    for k in np.unique(outer_kept):
-        test = outer_kept == k
-        cal = fit_interval(xray_age=pred[~test], age_years=age[~test],
-                           groups=[g for g, t in zip(group, test, strict=True) if not t],
-                           views=view[~test].tolist(), coverage=coverage,
-                           stretches=stretches, seed=seed)
-        bounds = np.array([interval(cal, p, view=v) for p, v in
-                           zip(pred[test], view[test], strict=True)])
-        lower[test], upper[test] = bounds[:, 0], bounds[:, 1]
+
+    def fit(train: np.ndarray) -> ConformalCalibration:
+        return fit_interval(xray_age=pred[train], age_years=age[train],
+                            groups=[g for g, t in zip(group, train, strict=True) if t],
+                            views=view[train].tolist(), coverage=coverage,
+                            stretches=stretches, seed=seed)
+
+    lower, upper = _crossfit(pred, view, outer_kept, fit)
     return interval_rates(lower=lower, upper=upper, age_years=age, views=view.tolist(),
                           sexes=sex_kept.tolist())
 
@@ -288,13 +288,15 @@ def _fit_fixed(pred: np.ndarray, age: np.ndarray, view: np.ndarray, coverage: fl
                                 view_quantiles=per_view)
 
 
-def _crossfit(pred: np.ndarray, age: np.ndarray, view: np.ndarray, fold: np.ndarray,
-              coverage: float, fit: Any) -> tuple[np.ndarray, np.ndarray]:
+def _crossfit(pred: np.ndarray, view: np.ndarray, fold: np.ndarray,
+              fit: Callable[[np.ndarray], ConformalCalibration]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold interval bounds: ``fit(train_mask)`` for each fold, applied to it."""
     lower = np.empty_like(pred)
     upper = np.empty_like(pred)
     for k in np.unique(fold):
         test = fold == k
-        cal = fit(pred[~test], age[~test], view[~test])
+        cal = fit(~test)
         bounds = np.array([interval(cal, p, view=v) for p, v in
                            zip(pred[test], view[test], strict=True)])
         lower[test], upper[test] = bounds[:, 0], bounds[:, 1]
