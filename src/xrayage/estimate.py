@@ -131,7 +131,7 @@ class AgeEstimate:
         Predicted age in years; None if the input was rejected or unreadable.
     age_interval_lower, age_interval_upper : float or None
         The conformal interval for the chronological age of a patient with this X-ray age
-        (coverage in the model card; 0.3 and earlier called them ``xray_age_lower/upper``).
+        (coverage in the model card; xrayage 0.1 called them ``xray_age_lower/upper``).
     age_years : float or None
         Chronological age, from the header or the manifest.
     age_gap : float or None

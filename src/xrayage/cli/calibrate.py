@@ -97,7 +97,7 @@ def read_predictions(path: Path) -> HeldOut:
         groups=[str(r.get("patient_id") or r.get("path") or i) for i, r in enumerate(kept)],
         views=[str(r["view"]) if r.get("view") else None for r in kept],
         sexes=[str(r["sex"]) if r.get("sex") else None for r in kept],
-        fold=None if any(f is None for f in folds) else [int(f or 0) for f in folds])
+        fold=None if None in folds else [int(f) for f in folds if f is not None])
 
 
 def copy_model(model_dir: Path, out_dir: Path) -> Path:
