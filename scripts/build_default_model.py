@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path,
                         default=REPO / "src" / "xrayage" / "models" / "xrayage-default")
     parser.add_argument("--image-size", type=int, default=294)
+    parser.add_argument("--grid", type=int, default=3,
+                        help="cells per side of the pooling grid (docs/experiments.md)")
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="hold these patients out and score the exported model on them "
                              "too (0.2: the earlier 80/20 evaluation of the same recipe)")
@@ -111,7 +113,7 @@ def main() -> None:
     run = args.work / "run"
     cfg = TrainConfig(data=[data], out=str(run), backbone="legacy_xception",
                       image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS,
-                      grid=3, ridge_views=2, ridge_crossfit=True,
+                      grid=args.grid, ridge_views=2, ridge_crossfit=True,
                       init_weights=str(weights), adults_only=True,
                       val_fraction=args.val_fraction, seed=SEED, num_workers=0, progress=False)
     checkpoint = fit_linear_probe(cfg)
@@ -145,7 +147,8 @@ def main() -> None:
     card.metrics["other_source"]["data"] = "COVID-19 image collection, adults (evaluation only)"
     card.description = (
         "X-ray age from a frontal chest radiograph. Frozen ImageNet Xception (truncated after "
-        "block 11); the outputs of blocks 1-11, average-pooled over a 3 x 3 grid of cells, "
+        f"block 11); the outputs of blocks 1-11, average-pooled over a {args.grid} x {args.grid} "
+        "grid of cells, "
         "feed one ridge-regression head (fitted on each training image and two randomly "
         "augmented views of it), so the class activation map is exact. Trained on "
         f"{run_info['train_images']} adult NIH ChestX-ray14 images; validation metrics are "

@@ -56,6 +56,24 @@ def test_ridge_solution_in_primal_and_dual_form(shape: tuple[int, int]) -> None:
         np.testing.assert_allclose(coef, exact, atol=1e-8)
 
 
+def test_dual_ridge_in_column_chunks_is_the_ridge_on_standardised_features(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from xrayage.train import probe
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(3.0, 2.0, size=(50, 230)).astype(np.float32)  # float32, as extracted
+    y = 40 + x[:, :4].astype(np.float64) @ np.array([3.0, -2.0, 1.0, 2.0])
+    rows = np.arange(0, 50, 2)
+    mean, sd = x[rows].astype(np.float64).mean(0), x[rows].astype(np.float64).std(0)
+    z = (x[rows] - mean) / sd
+    exact = np.linalg.solve(z.T @ z + 5.0 * np.eye(230), z.T @ (y[rows] - y[rows].mean())) / sd
+    monkeypatch.setattr(probe, "GRAM_CHUNK", 17)  # chunks that do not divide the columns
+    weight, bias = probe.fit_ridge(x, y[rows], 5.0, rows=rows)
+    np.testing.assert_allclose(weight, exact, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(x @ weight + bias, x @ exact + y[rows].mean() - exact @ mean,
+                               atol=1e-3)
+
+
 def test_ridge_views_need_the_ridge_head(tmp_path: Path) -> None:
     from xrayage.train.fit import TrainConfig, train_model
 

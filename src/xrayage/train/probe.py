@@ -38,7 +38,8 @@ feature count, so the search fits 7,000 global means and 60,000 grid cells alike
 @torch.no_grad()
 def extract_features(model: Any, images: np.ndarray, spec: Any, batch_size: int = 16,
                      augment_seed: int | None = None) -> np.ndarray:
-    """The head's input features (every selected level's cell means): (N, Σ C_l g²) float64.
+    """The head's input features (every selected level's cell means): (N, Σ C_l g²) float32,
+    as the network computes them (a 6 x 6 grid of 1,312 images and two views is 3.9 GB).
 
     Parameters
     ----------
@@ -60,7 +61,7 @@ def extract_features(model: Any, images: np.ndarray, spec: Any, batch_size: int 
         if augment_seed is not None:
             x = augment(x, AugmentConfig(), generator)
         feats = model.features(normalize(x, spec))
-        out.append(model.pool(feats).double().numpy())
+        out.append(model.pool(feats).float().numpy())
     return np.concatenate(out)
 
 
@@ -92,10 +93,65 @@ def solve_ridge(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> list[n
     return [vt.T @ (s / (s**2 + a) * uty) for a in alphas]
 
 
+GRAM_CHUNK = 4096
+"""Feature columns standardised and multiplied at a time by the dual ridge (a 6 x 6 grid
+has 250,000 features: the whole standardised matrix is never held in memory)."""
+
+
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column means and standard deviations (1 where a column is constant)."""
     mean, sd = x.mean(axis=0), x.std(axis=0)
     return mean, np.where(sd > 1e-12, sd, 1.0)
+
+
+class _DualFit:
+    """Ridge on the `fit` rows of x, standardised by those rows' column statistics, in the
+    dual form: Gram matrices are accumulated over column chunks, so x (float32, as
+    extracted) is read but never copied or standardised whole.
+
+    ``predict(alphas)`` gives the `score` rows' predictions for each penalty;
+    ``weights(alpha)`` the raw-feature weights and intercept, in years.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
+                 score: np.ndarray | None = None) -> None:
+        self.x, self.fit = x, fit
+        score = np.zeros(0, int) if score is None else score
+        self.ybar = float(y.mean())
+        gram, cross = np.zeros((len(fit), len(fit))), np.zeros((len(score), len(fit)))
+        for lo in range(0, x.shape[1], GRAM_CHUNK):
+            z, mean, sd = self._chunk(lo)
+            gram += z @ z.T
+            if len(score):
+                cross += ((x[score, lo:lo + GRAM_CHUNK] - mean) / sd) @ z.T
+        e, self.v = np.linalg.eigh(gram)
+        self.e, self.vty, self.cross = np.clip(e, 0.0, None), self.v.T @ (y - self.ybar), cross
+
+    def _chunk(self, lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        block = self.x[self.fit, lo:lo + GRAM_CHUNK]
+        mean, sd = _standardise(block)
+        return (block - mean) / sd, mean, sd
+
+    def _dual(self, alpha: float) -> np.ndarray:
+        return self.v @ (self.vty / (self.e + alpha))
+
+    def predict(self, alphas: Sequence[float]) -> np.ndarray:
+        """(len(alphas), len(score)) predictions in years."""
+        return np.stack([self.cross @ self._dual(a) + self.ybar for a in alphas])
+
+    def weights(self, alpha: float) -> tuple[np.ndarray, float]:
+        """Weights on the raw features and the intercept, in years."""
+        dual, weight = self._dual(alpha), np.zeros(self.x.shape[1])
+        bias = self.ybar
+        for lo in range(0, self.x.shape[1], GRAM_CHUNK):
+            z, mean, sd = self._chunk(lo)
+            w = (z.T @ dual.astype(z.dtype)) / sd
+            weight[lo:lo + GRAM_CHUNK], bias = w, bias - float(w @ mean)
+        return weight, bias
+
+
+def _dual_form(x: np.ndarray) -> bool:
+    return x.shape[0] < x.shape[1]
 
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
@@ -106,6 +162,7 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
 
     Default penalties: ``ALPHA_RATIOS`` times the feature count. `scored` (default all
     rows) marks the original images; the other rows (augmented views) only ever train.
+    Each fold's features are standardised by its training rows.
     """
     if alphas is None:
         alphas = [r * x.shape[1] for r in ALPHA_RATIOS]
@@ -113,6 +170,10 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
     preds = np.zeros((len(alphas), len(y)))
     for k in np.unique(fold):
         tr, va = fold != k, (fold == k) & scored
+        if _dual_form(x):
+            fitted = _DualFit(x, y[tr], np.flatnonzero(tr), np.flatnonzero(va))
+            preds[:, va] = fitted.predict(alphas)
+            continue
         mean, sd = _standardise(x[tr])
         coefs = solve_ridge((x[tr] - mean) / sd, y[tr] - y[tr].mean(), alphas)
         for i, coef in enumerate(coefs):
@@ -122,8 +183,15 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, fold: np.ndarray,
     return float(alphas[best]), preds[best, scored]
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """Ridge on raw features (standardised inside): weights and intercept, in years."""
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Ridge on raw features (standardised inside): weights and intercept, in years.
+
+    `rows` (default all) selects the rows of x to fit, without copying them; `y` is theirs.
+    """
+    if _dual_form(x):
+        return _DualFit(x, y, np.arange(len(x)) if rows is None else rows).weights(alpha)
+    x = x if rows is None else x[rows]
     mean, sd = _standardise(x)
     weight = solve_ridge((x - mean) / sd, y - y.mean(), [alpha])[0] / sd
     return weight, float(y.mean() - weight @ mean)
@@ -135,6 +203,19 @@ def set_head(model: Any, x: np.ndarray, y: np.ndarray, alpha: float) -> None:
     scale, shift = float(model.age_scale), float(model.age_shift)
     model.head.weight.data[0] = torch.from_numpy(weight / scale).float()
     model.head.bias.data[0] = (bias - shift) / scale
+
+
+class _Rows:
+    """The rows `rows` of x, indexed like an array without copying them (``x[rows][i, j]``
+    is ``x[rows[i], j]``): the training folds of a cross-fit, views included."""
+
+    def __init__(self, x: np.ndarray, rows: np.ndarray) -> None:
+        self.x, self.rows = x, rows
+        self.shape = (len(rows), x.shape[1])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        i, j = key if isinstance(key, tuple) else (key, slice(None))
+        return self.x[self.rows[i], j]
 
 
 def crossfit_ridge(x: np.ndarray, y: np.ndarray, patients: Sequence[str], copies: int = 1,
@@ -175,9 +256,10 @@ def crossfit_ridge(x: np.ndarray, y: np.ndarray, patients: Sequence[str], copies
         tr = np.flatnonzero(outer != k)
         rows = np.concatenate([tr + c * n for c in range(copies)])
         inner = assign_folds([patients[int(i)] for i in tr], folds, ages=y[tr], seed=seed + 1)
-        alpha, _ = choose_alpha(x[rows], np.tile(y[tr], copies), np.tile(inner, copies),
-                                scored=np.arange(len(rows)) < len(tr))
-        weight, bias = fit_ridge(x[rows], np.tile(y[tr], copies), alpha)
+        train = _Rows(x, rows) if _dual_form(x) else x[rows]
+        alpha, _ = choose_alpha(train, np.tile(y[tr], copies),  # type: ignore[arg-type]
+                                np.tile(inner, copies), scored=np.arange(len(rows)) < len(tr))
+        weight, bias = fit_ridge(x, np.tile(y[tr], copies), alpha, rows=rows)
         oof[outer == k] = x[:n][outer == k] @ weight + bias
         alphas.append(alpha)
     return oof, alphas
