@@ -27,6 +27,7 @@ from xrayage.adapt import (
     choose,
     cv_predictions,
     find_linear_head,
+    fit_prior,
     fit_recipes,
     nested_oof,
 )
@@ -115,10 +116,10 @@ def film(path: Path, c: np.ndarray) -> Path:
 
 
 def write_site(directory: Path, n: int, seed: int = 0, *, noise: bool = False,
-               extra: list[dict[str, str]] | None = None) -> Path:
+               effect: bool = True, extra: list[dict[str, str]] | None = None) -> Path:
     """A site manifest of `n` PNGs (two per patient). Their age is the tiny model's
     reading plus a site effect the model misses (a bias and one cell's weight), unless
-    `noise` (ages unrelated to the images)."""
+    `noise` (ages unrelated to the images) or not `effect` (the model's reading)."""
     rng = np.random.default_rng(seed)
     w = np.full(64, 1.0 / 64)
     rows = []
@@ -128,7 +129,7 @@ def write_site(directory: Path, n: int, seed: int = 0, *, noise: bool = False,
         path = film(directory / f"img{i}.png", c)
         base = SCALE * (c.reshape(-1) @ w * 4 - 2) + SHIFT  # what the model reads
         age = (rng.uniform(20, 85) if noise else
-               base - 6.0 + 40.0 * (c[0, 0] - 0.5) + 20.0 * (c[7, 7] - 0.5)
+               base + effect * (-6.0 + 40.0 * (c[0, 0] - 0.5) + 20.0 * (c[7, 7] - 0.5))
                + rng.normal(0, 0.5))
         rows.append({"path": str(path), "patient_id": f"p{i // 2}",
                      "age_years": f"{max(age, 18.5):.2f}", "sex": "F", "view": "PA"})
@@ -214,6 +215,42 @@ def test_nested_oof_chooses_on_inner_folds_only() -> None:
     assert 0.5 <= covered.mean() <= 1.0
     # the CV of all recipes over the same folds gives the base model unchanged
     assert np.allclose(cv_predictions(x, y, base, nested.fold, [Recipe("base")])[0], base)
+
+
+def test_pooled_ridge_is_one_ridge_on_the_training_and_the_site_images() -> None:
+    rng = np.random.default_rng(0)
+    d = 300
+    x_t = rng.normal(2.0, 1.5, (80, d)).astype(np.float32)
+    w = np.zeros(d)
+    w[:5] = [3, -2, 1, 2, 1]
+    y_t = 50 + x_t @ w + rng.normal(0, 1, 80)
+    x_s = rng.normal(2.5, 1.2, (30, d)).astype(np.float32)
+    y_s = 45 + x_s @ w + 2 * x_s[:, 7]  # the site: another intercept and one more weight
+    prior = fit_prior(x_t, y_t, [f"p{i // 2}" for i in range(80)])
+    assert prior.alpha > 0 and prior.images == 80 and prior.patients == 40
+    alpha = 1.7 * prior.alpha
+    weight, bias = prior.pooled(x_s, y_s, alpha)
+    # directly: [Z_t 1 0; Z_s 0 1] [w; c_t; c_s] ≈ [y_t; y_s], only w penalised
+    z_t, z_s = (x_t - prior.mean) / prior.sd, (x_s - prior.mean) / prior.sd
+    a = np.block([[z_t, np.ones((80, 1)), np.zeros((80, 1))],
+                  [z_s, np.zeros((30, 1)), np.ones((30, 1))]])
+    sol = np.linalg.solve(a.T @ a + np.diag(np.r_[np.full(d, alpha), 0, 0]),
+                          a.T @ np.r_[y_t, y_s])
+    direct = sol[:d] / prior.sd
+    np.testing.assert_allclose(weight, direct, atol=1e-5)
+    assert bias == pytest.approx(sol[d + 1] - direct @ prior.mean, abs=1e-3)
+    # as a recipe: the update is that head
+    pooled = Recipe("pooled", lam=1.7)
+    recipes = [Recipe("base"), pooled]
+    assert pooled.label == "pooled(α×1.7)"
+    assert Recipe("pooled", lam=1.0) in candidates(True, prior=True)
+    assert not any(r.kind == "pooled" for r in candidates(True))
+    base = x_s @ w + 50
+    fitted = fit_recipes(x_s, y_s, base, recipes, prior)
+    np.testing.assert_allclose(fitted[pooled].predict(x_s, base), x_s @ direct + (
+        sol[d + 1] - direct @ prior.mean), atol=1e-3)
+    with pytest.raises(ValueError, match="prior"):
+        fit_recipes(x_s, y_s, base, recipes)
 
 
 # ----------------------------------------------------------------------- the graph
@@ -319,6 +356,21 @@ def test_adapt_refuses_too_few_patients_and_a_used_directory(linear_model: Path,
     (tmp_path / "used" / "x").write_text("")
     with pytest.raises(ValueError, match="not empty"):
         adapt(manifest, tmp_path / "used", model=linear_model, threads=1)
+
+
+def test_adapt_with_the_training_images_as_prior(linear_model: Path, tmp_path: Path) -> None:
+    prior = write_site(tmp_path / "train", 60, seed=8, effect=False)  # what the model read
+    site = write_site(tmp_path / "site", 110, seed=9)
+    result = adapt(site, tmp_path / "out", model=linear_model, threads=1, report=False,
+                   min_ridge_images=100, prior=prior)
+    info = ModelCard.load(result.directory).extra["adaptation"]
+    assert info["prior"]["images"] == 60 and info["prior"]["patients"] == 30
+    assert {"pooled(α×1)", "pooled(α×3)"} <= set(info["cv_mae"])
+    assert "pooled with the base model's training images" in info["method"]
+    assert info["verification"]["max_abs_age_diff"] < 1e-3
+    assert info["after"]["mae"] < info["before"]["mae"] - 2
+    text = (result.directory / "model_card.json").read_text()
+    assert str(tmp_path) not in text and "img1.png" not in text
 
 
 def test_cli_adapt(linear_model: Path, tmp_path: Path) -> None:

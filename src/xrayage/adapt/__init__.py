@@ -61,6 +61,7 @@ from ..extras import require
 from ..model import AgeModel, resolve_model_dir
 from ..pipeline import PredictInput, stream
 from .head import LinearHead, add_affine, find_linear_head, set_linear_head
+from .prior import Prior, fit_prior
 from .recipes import (
     FEATURE,
     FEW_IMAGES,
@@ -105,8 +106,8 @@ class Adaptation:
 def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLike[str], *,
           model: str | os.PathLike[str] | None = None, name: str | None = None,
           threads: int | None = None, batch_size: int = 8, coverage: float | None = None,
-          seed: int = 0, report: bool = True, min_ridge_images: int = MIN_RIDGE_IMAGES
-          ) -> Adaptation:
+          seed: int = 0, report: bool = True, min_ridge_images: int = MIN_RIDGE_IMAGES,
+          prior: str | os.PathLike[str] | Sequence[Sample] | None = None) -> Adaptation:
     """Adapt a model to a site's labelled radiographs and write the adapted model.
 
     Parameters
@@ -131,6 +132,10 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
         Write ``report.html`` with plots (needs matplotlib).
     min_ridge_images : int
         With fewer usable images, only the recalibrations are candidates.
+    prior : path, dataset spec or sequence of Sample, optional
+        The base model's own training images (for the bundled model: its adult NIH
+        ChestX-ray14 images). They go through the same pipeline once, and the pooled
+        ridge recipes (:mod:`.prior`) join the candidates. Needs a linear head.
 
     Returns
     -------
@@ -153,6 +158,9 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
     head = find_linear_head(graph, card)
     started = time.perf_counter()
     data = read_site(base_model, samples, features=head is not None, batch_size=batch_size)
+    pooled = None
+    if prior is not None and head is not None:
+        pooled = _read_prior(base_model, prior, head, batch_size, seed)
     patients = data.patients
     n_patients = len(set(patients))
     if n_patients < MIN_PATIENTS or len(data.age) < 2 * FOLDS:
@@ -164,14 +172,15 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
         if check > 0.05:
             logger.warning("the head read from the graph reproduces the model's age to %.3g y "
                            "only; adapting by recalibration", check)
-            head, x = None, None
-    recipes, tolerance = policy(len(y), head is not None, min_ridge_images)
+            head, x, pooled = None, None, None
+    recipes, tolerance = policy(len(y), head is not None, min_ridge_images,
+                                prior=pooled is not None)
     cover = coverage or (card.conformal.coverage if card.conformal else 0.9)
     t_fit = time.perf_counter()
-    recipe, cv_mae, _ = choose(x, y, base, patients, recipes, seed, tolerance)
-    update = fit_recipes(x, y, base, [recipe])[recipe]
+    recipe, cv_mae, _ = choose(x, y, base, patients, recipes, seed, tolerance, prior=pooled)
+    update = fit_recipes(x, y, base, [recipe], pooled)[recipe]
     nested = nested_oof(x, y, base, patients, recipes, cover, seed, views=data.view,
-                        tolerance=tolerance)
+                        tolerance=tolerance, prior=pooled)
     fit_seconds = time.perf_counter() - t_fit
     base_bounds = None
     if card.conformal is not None and not card.conformal.scaled:
@@ -193,9 +202,10 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
     local = {"images": len(y), "patients": n_patients, "age_min": float(y.min()),
              "age_max": float(y.max()), "age_mean": float(y.mean()),
              "images_read": data.images_read, "excluded": data.excluded}
-    method = ("ridge toward the base head in the site-standardised feature space, or a "
-              "recalibration, chosen by 5-fold patient-grouped CV (base model included)"
-              if head is not None else
+    method = ("ridge toward the base head in the site-standardised feature space"
+              + (", a ridge pooled with the base model's training images" if pooled else "")
+              + ", or a recalibration, chosen by 5-fold patient-grouped CV (base model "
+              "included)" if head is not None else
               "recalibration only (a + b * age of the base model, chosen by 5-fold "
               "patient-grouped CV, base model included): the model has no linear head on "
               "exported features")
@@ -205,6 +215,10 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
         # True: the graph's own linear head was rewritten; False: a + b * age appended
         "linear_head": head is not None,
         "recipe": recipe.to_dict(), "lambda": recipe.to_dict()["lambda"],
+        "prior": None if pooled is None else {
+            "images": pooled.images, "patients": pooled.patients, "alpha": pooled.alpha,
+            "what": "the base model's training images, pooled with the site's (no path or "
+                    "identifier of them kept)"},
         "lambda_units": "mean diagonal of the site's standardised Gram matrix",
         "cv_mae": {r.label: round(v, 4) for r, v in cv_mae.items()},
         "update": {"a": update.a, "b": update.b, "offset": update.offset},
@@ -289,6 +303,22 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
     return Adaptation(out_dir, summary, recipe, nested, data)
 
 
+def _read_prior(model: AgeModel, prior: str | os.PathLike[str] | Sequence[Sample],
+                head: LinearHead, batch_size: int, seed: int) -> Prior:
+    """The base model's training images through the pipeline, as a :class:`Prior`."""
+    samples = list(prior) if not isinstance(prior, str | os.PathLike) else load_site(prior)
+    data = read_site(model, samples, batch_size=batch_size)
+    if data.features is None or not len(data.age):
+        raise ValueError("no usable prior image")
+    check = np.abs(data.features.astype(np.float64) @ head.weight + head.bias - data.base)
+    if check.max() > 0.05:
+        raise ModelError(f"the head read from the graph reproduces the model's age on the "
+                         f"prior images to {check.max():.3g} y only")
+    logger.info("prior: %d images of %d patients (%d left out)", len(data.age),
+                len(set(data.patients)), data.images_read - len(data.age))
+    return fit_prior(data.features, data.age, data.patients, seed)
+
+
 def _warnings(n: int, recipe: Recipe, linear: bool, gain: dict[str, Any],
               cv_mae: dict[Recipe, float], min_ridge: int) -> list[str]:
     out = []
@@ -360,7 +390,7 @@ def _json(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-__all__ = ["Adaptation", "LinearHead", "Nested", "Recipe", "SiteData", "Update", "adapt",
-           "add_affine", "candidates", "choose", "complexity", "cv_predictions",
-           "find_linear_head", "fit_recipes", "load_site", "nested_oof", "policy",
+__all__ = ["Adaptation", "LinearHead", "Nested", "Prior", "Recipe", "SiteData", "Update",
+           "adapt", "add_affine", "candidates", "choose", "complexity", "cv_predictions",
+           "find_linear_head", "fit_prior", "fit_recipes", "load_site", "nested_oof", "policy",
            "predict_all", "read_site", "set_linear_head"]

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..calibration import fit_interval, interval
 from ..folds import assign_folds
+from .prior import ALPHA_FACTORS, Prior
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ SMALL_TOLERANCE = 0.5
 
 @dataclass(frozen=True)
 class Recipe:
-    """One candidate: ``kind`` is ``base``, ``shift``, ``recal`` or ``ridge`` (with its
-    ``anchor`` and penalty ``lam``)."""
+    """One candidate: ``kind`` is ``base``, ``shift``, ``recal``, ``ridge`` (with its
+    ``anchor`` and penalty ``lam``) or ``pooled`` (with the base model's training images:
+    ``lam`` is the penalty in units of theirs, :mod:`.prior`)."""
 
     kind: str
     anchor: str = ""
@@ -55,7 +57,9 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        """``base``, ``shift``, ``recal`` or ``ridge(recal, λ=0.316)``."""
+        """``base``, ``shift``, ``recal``, ``ridge(recal, λ=0.316)`` or ``pooled(α×3)``."""
+        if self.kind == "pooled":
+            return f"pooled(α×{self.lam:g})"
         return self.kind if self.kind != "ridge" else f"ridge({self.anchor}, λ={self.lam:.3g})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,22 +68,27 @@ class Recipe:
                 "lambda": None if math.isinf(self.lam) else self.lam, "label": self.label}
 
 
-def policy(images: int, linear: bool, min_ridge_images: int = MIN_RIDGE_IMAGES
-           ) -> tuple[list[Recipe], float]:
+def policy(images: int, linear: bool, min_ridge_images: int = MIN_RIDGE_IMAGES,
+           prior: bool = False) -> tuple[list[Recipe], float]:
     """The candidates and the choice's tolerance for a site of `images` usable images:
-    everything, chosen by the best CV MAE, from `min_ridge_images` on (with a linear head);
-    else the recalibrations, kept only when they beat the model by half a standard error."""
+    everything, chosen by the best CV MAE, from `min_ridge_images` on (with a linear head;
+    the pooled recipes too when there is a `prior`); else the recalibrations, kept only
+    when they beat the model by half a standard error."""
     if linear and images >= min_ridge_images:
-        return candidates(True), SE_TOLERANCE
+        return candidates(True, prior=prior), SE_TOLERANCE
     return candidates(False), SMALL_TOLERANCE
 
 
-def candidates(linear: bool, lambdas: Sequence[float] = LAMBDAS) -> list[Recipe]:
+def candidates(linear: bool, lambdas: Sequence[float] = LAMBDAS, prior: bool = False
+               ) -> list[Recipe]:
     """The recipes searched: ``base`` first (it wins ties), then the recalibrations, then
-    (when the model has a linear head on its features) the ridge updates."""
+    (when the model has a linear head on its features) the ridge updates, and (with the
+    base model's training images) the pooled ridges."""
     out = [Recipe("base"), Recipe("shift"), Recipe("recal")]
     if linear:
         out += [Recipe("ridge", anchor, float(lam)) for anchor in ANCHORS for lam in lambdas]
+    if linear and prior:
+        out += [Recipe("pooled", lam=factor) for factor in ALPHA_FACTORS]
     return out
 
 
@@ -111,7 +120,7 @@ class Update:
 
 
 def fit_recipes(x: np.ndarray | None, y: np.ndarray, base: np.ndarray,
-                recipes: Sequence[Recipe]) -> dict[Recipe, Update]:
+                recipes: Sequence[Recipe], prior: Prior | None = None) -> dict[Recipe, Update]:
     """Fit every recipe on one training set (one decomposition serves all penalties).
 
     Parameters
@@ -123,6 +132,8 @@ def fit_recipes(x: np.ndarray | None, y: np.ndarray, base: np.ndarray,
     base : numpy.ndarray
         (N,) the base model's ages.
     recipes : sequence of Recipe
+    prior : Prior, optional
+        The base model's training images (needed by ``pooled`` recipes).
     """
     y, base = np.asarray(y, np.float64), np.asarray(base, np.float64)
     slope, intercept = (np.polyfit(base, y, 1) if np.ptp(base) > 0 else (1.0, 0.0))
@@ -135,6 +146,11 @@ def fit_recipes(x: np.ndarray | None, y: np.ndarray, base: np.ndarray,
             out[r] = Update(0.0, 1.0)
         elif r.kind in anchors:
             out[r] = Update(*anchors[r.kind])
+        elif r.kind == "pooled":
+            if prior is None or x is None:
+                raise ValueError("pooled recipes need the features and the prior")
+            weight, bias = prior.pooled(x, y, prior.alpha * r.lam)
+            out[r] = Update(0.0, 0.0, weight, bias)
     if not ridge:
         return out
     if x is None:
@@ -180,26 +196,28 @@ def predict_all(fitted: dict[Recipe, Update], recipes: Sequence[Recipe], x: np.n
 
 
 def cv_predictions(x: np.ndarray | None, y: np.ndarray, base: np.ndarray, fold: np.ndarray,
-                   recipes: Sequence[Recipe]) -> np.ndarray:
+                   recipes: Sequence[Recipe], prior: Prior | None = None) -> np.ndarray:
     """Out-of-fold predictions of every recipe over the given (patient-grouped) folds:
     (len(recipes), N)."""
     out = np.zeros((len(recipes), len(y)))
     for k in np.unique(fold):
         tr, va = fold != k, fold == k
-        fitted = fit_recipes(None if x is None else x[tr], y[tr], base[tr], recipes)
+        fitted = fit_recipes(None if x is None else x[tr], y[tr], base[tr], recipes, prior)
         out[:, va] = predict_all(fitted, recipes, None if x is None else x[va], base[va])
     return out
 
 
 def complexity(recipe: Recipe) -> tuple[int, float, bool]:
-    """Sort key from the simplest recipe (``base``) to the least penalised ridge."""
-    rank = {"base": 0, "shift": 1, "recal": 2}.get(recipe.kind, 3)
+    """Sort key from the simplest recipe (``base``) to the least penalised ridge, then the
+    pooled ridges."""
+    rank = {"base": 0, "shift": 1, "recal": 2, "ridge": 3}.get(recipe.kind, 4)
     return rank, -recipe.lam, recipe.anchor != "shift"
 
 
 def choose(x: np.ndarray | None, y: np.ndarray, base: np.ndarray, patients: Sequence[str],
            recipes: Sequence[Recipe], seed: int = 0, tolerance: float = SE_TOLERANCE,
-           repeats: int = CV_REPEATS) -> tuple[Recipe, dict[Recipe, float], np.ndarray]:
+           repeats: int = CV_REPEATS, prior: Prior | None = None
+           ) -> tuple[Recipe, dict[Recipe, float], np.ndarray]:
     """Choose a recipe by patient-grouped CV MAE (repeated over `repeats` fold draws).
 
     The simplest recipe (:func:`complexity`: ``base``, ``shift``, ``recal``, then ridge
@@ -219,7 +237,7 @@ def choose(x: np.ndarray | None, y: np.ndarray, base: np.ndarray, patients: Sequ
     draws = []
     for r in range(max(1, repeats)):
         fold = assign_folds(patients, FOLDS, ages=y, seed=seed + 1000 * r)
-        draws.append(cv_predictions(x, y, base, fold, recipes))
+        draws.append(cv_predictions(x, y, base, fold, recipes, prior))
     preds = draws[0]
     err = np.mean([np.abs(d - y) for d in draws], axis=0)
     mae = err.mean(axis=1)
@@ -246,8 +264,8 @@ class Nested:
 
 def nested_oof(x: np.ndarray | None, y: np.ndarray, base: np.ndarray, patients: Sequence[str],
                recipes: Sequence[Recipe], coverage: float = 0.9, seed: int = 0,
-               views: Sequence[str | None] | None = None, tolerance: float = SE_TOLERANCE
-               ) -> Nested:
+               views: Sequence[str | None] | None = None, tolerance: float = SE_TOLERANCE,
+               prior: Prior | None = None) -> Nested:
     """Out-of-fold predictions of the adapted model, patient-disjoint and nested.
 
     Each outer fold's recipe and λ are chosen (:func:`choose`) on the other folds only,
@@ -263,8 +281,9 @@ def nested_oof(x: np.ndarray | None, y: np.ndarray, base: np.ndarray, patients: 
         tr, va = np.flatnonzero(outer != k), np.flatnonzero(outer == k)
         groups = [patients[int(i)] for i in tr]
         recipe, _, inner = choose(None if x is None else x[tr], y[tr], base[tr], groups,
-                                  recipes, seed + 1, tolerance)
-        fitted = fit_recipes(None if x is None else x[tr], y[tr], base[tr], [recipe])[recipe]
+                                  recipes, seed + 1, tolerance, prior=prior)
+        fitted = fit_recipes(None if x is None else x[tr], y[tr], base[tr], [recipe],
+                             prior)[recipe]
         oof[va] = fitted.predict(None if x is None else x[va], base[va])
         lower[va], upper[va] = _bounds(inner, y[tr], groups, [view[i] for i in tr], coverage,
                                        oof[va], [view[i] for i in va], seed)

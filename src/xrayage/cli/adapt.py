@@ -24,8 +24,13 @@ import click
 @click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None,
               help="Interval coverage (default: the base model's).")
 @click.option("--seed", default=0, show_default=True, help="Fold assignment.")
+@click.option("--prior", default=None, metavar="SPEC",
+              help="The base model's own training images (a manifest CSV or dataset spec; "
+                   "for the bundled model its adult NIH ChestX-ray14 images): adds the "
+                   "ridge pooled with them to the candidates (docs/adaptation.md).")
 def adapt(manifest: str, model: str | None, out_dir: Path, name: str | None,
-          threads: int | None, batch_size: int, coverage: float | None, seed: int) -> None:
+          threads: int | None, batch_size: int, coverage: float | None, seed: int,
+          prior: str | None) -> None:
     """Adapt a model to MANIFEST's labelled radiographs (a manifest CSV or dataset spec:
     path, patient_id, age_years, optional sex and view).
 
@@ -39,7 +44,8 @@ def adapt(manifest: str, model: str | None, out_dir: Path, name: str | None,
         raise click.UsageError(f"--out {out_dir}: exists and is not empty")
     try:
         result = run_adapt(manifest, out_dir, model=model, name=name, threads=threads,
-                           batch_size=batch_size, coverage=coverage, seed=seed)
+                           batch_size=batch_size, coverage=coverage, seed=seed,
+                           prior=prior)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     s = result.summary
