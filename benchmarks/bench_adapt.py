@@ -16,7 +16,7 @@ written anywhere but a temporary directory.
 
 Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_adapt.py [--repeats 5] [--threads 2]
+    OMP_NUM_THREADS=2 python benchmarks/bench_adapt.py [--repeats 5] [--threads 2] [--prior]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 from xrayage.adapt import (
     adapt,
     choose,
+    fit_prior,
     fit_recipes,
     load_site,
     nested_oof,
@@ -68,6 +69,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="Also write the results.")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--prior", action="store_true",
+                        help="with the bundled model's training images (the adult NIH "
+                             "images of --data) as the prior: the pooled recipes too")
     args = parser.parse_args()
     samples = load_site(f"manifest:{args.data / 'manifest.csv'}?source=covid_idc")
     model = load_model(threads=args.threads)
@@ -78,6 +82,15 @@ def main() -> None:
           f"{time.perf_counter() - start:.0f} s")
     x, y, base, pats = site.features, site.age, site.base, site.patients
     assert x is not None
+    prior = None
+    prior_spec = f"manifest:{args.data / 'manifest.csv'}?source=nih_cxr14"
+    if args.prior:
+        start = time.perf_counter()
+        train = read_site(model, load_site(prior_spec))
+        assert train.features is not None
+        prior = fit_prior(train.features, train.age, train.patients)
+        print(f"prior: {prior.images} training images ({prior.patients} patients), "
+              f"alpha {prior.alpha:.4g}, {time.perf_counter() - start:.0f} s")
     rng = np.random.default_rng(args.seed)
     results = []
     print("\n| local images | patients | base OOF MAE | adapted OOF MAE | gain | "
@@ -90,16 +103,19 @@ def main() -> None:
         for _rep in range(reps):
             idx = np.arange(len(y)) if n >= len(y) else subset(pats, n, rng)
             p = [pats[i] for i in idx]
-            recipes, tol = policy(len(idx), True)  # as adapt() chooses them
+            # as adapt() chooses them
+            recipes, tol = policy(len(idx), True, prior=prior is not None)
             nested = nested_oof(x[idx], y[idx], base[idx], p, recipes, seed=args.seed,
-                                views=[site.view[i] for i in idx], tolerance=tol)
+                                views=[site.view[i] for i in idx], tolerance=tol,
+                                prior=prior)
             before = scored(base[idx], y[idx], p, None)
             after = scored(nested.oof, y[idx], p, (nested.lower, nested.upper))
             rest = np.setdiff1d(np.arange(len(y)), idx)
             held = None
             if len(rest) >= 20:
-                recipe, _, _ = choose(x[idx], y[idx], base[idx], p, recipes, args.seed, tol)
-                upd = fit_recipes(x[idx], y[idx], base[idx], [recipe])[recipe]
+                recipe, _, _ = choose(x[idx], y[idx], base[idx], p, recipes, args.seed, tol,
+                                      prior=prior)
+                upd = fit_recipes(x[idx], y[idx], base[idx], [recipe], prior)[recipe]
                 held = (float(np.abs(base[rest] - y[rest]).mean()),
                         float(np.abs(upd.predict(x[rest], base[rest]) - y[rest]).mean()))
             rows.append({"images": len(idx), "patients": len(set(p)), "before": before,
@@ -125,7 +141,8 @@ def main() -> None:
         pick = [usable[i] for i in idx]
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            result = adapt(pick, Path(tmp) / "adapted", threads=args.threads)
+            result = adapt(pick, Path(tmp) / "adapted", threads=args.threads,
+                           prior=prior_spec if args.prior else None)
             total = time.perf_counter() - start
         print(f"\nadapt() on {len(pick)} images with {args.threads} threads: {total:.0f} s "
               f"(features {result.summary['seconds']['features']} s, fit and nested "

@@ -82,13 +82,15 @@ def policy(images: int, linear: bool, min_ridge_images: int = MIN_RIDGE_IMAGES,
 def candidates(linear: bool, lambdas: Sequence[float] = LAMBDAS, prior: bool = False
                ) -> list[Recipe]:
     """The recipes searched: ``base`` first (it wins ties), then the recalibrations, then
-    (when the model has a linear head on its features) the ridge updates, and (with the
-    base model's training images) the pooled ridges."""
+    (when the model has a linear head on its features) the ridge updates, or, with the
+    base model's training images as a `prior`, the pooled ridge instead of them (on
+    covid_idc subsets of 200 images it was chosen in every fold, and the eighteen ridge
+    candidates beside it only made the choice noisier: 9.36 against 8.97 y nested)."""
     out = [Recipe("base"), Recipe("shift"), Recipe("recal")]
-    if linear:
-        out += [Recipe("ridge", anchor, float(lam)) for anchor in ANCHORS for lam in lambdas]
     if linear and prior:
         out += [Recipe("pooled", lam=factor) for factor in ALPHA_FACTORS]
+    elif linear:
+        out += [Recipe("ridge", anchor, float(lam)) for anchor in ANCHORS for lam in lambdas]
     return out
 
 
