@@ -6,7 +6,7 @@ Usage (from the repository root, after ``scripts/qc_features.py``)::
 
 From ``WORK/features.npy`` and ``WORK/rows.csv``:
 
-1. Features: the model's pooled head input, averaged over its 3 x 3 grid cells per channel
+1. Features: the model's pooled head input, averaged over its grid cells per channel
    (global average pooling; ``--pool grid`` keeps the cells), standardised, then reduced by
    PCA to ``--dims`` components.
 2. Heads, all linear on those components: a multinomial logistic regression of the kind of
@@ -54,10 +54,10 @@ def rate(mask: np.ndarray, hit: np.ndarray) -> dict[str, float | int]:
             "ci95": [round(lo, 4), round(hi, 4)]}
 
 
-def pooled(x: np.ndarray, pool: str) -> np.ndarray:
-    """Average the 3 x 3 grid cells per channel (``gap``) or keep them (``grid``)."""
+def pooled(x: np.ndarray, pool: str, cells: int) -> np.ndarray:
+    """Average the `cells` grid cells per channel (``gap``) or keep them (``grid``)."""
     x = x.astype(np.float32)
-    return x.reshape(len(x), -1, 9).mean(axis=2) if pool == "gap" else x
+    return x.reshape(len(x), -1, cells).mean(axis=2) if pool == "gap" else x
 
 
 def fit_logistic(z: np.ndarray, y: np.ndarray, classes: int, l2: float) -> np.ndarray:
@@ -194,10 +194,12 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    from xrayage.card import ModelCard
 
+    cells = int(ModelCard.load(args.model).extra.get("grid", 1)) ** 2
     with open(args.work / "rows.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    x = pooled(np.load(args.work / "features.npy"), args.pool)
+    x = pooled(np.load(args.work / "features.npy"), args.pool, cells)
     kind, child, mirror, frontal_adult = labels(rows)
     fold = folds_of([r["group"] for r in rows], args.folds)
     oof = np.zeros((len(rows), len(CLASSES) + 2 + args.ood_dims + 1))
@@ -267,6 +269,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, str]], x: np.ndarray,
     from xrayage.train.onnx_graph import FEATURES, add_features_output, content_graph
 
     card = ModelCard.load(args.model)
+    cells = int(card.extra.get("grid", 1)) ** 2
     if FEATURES not in card.outputs:  # an older export: expose the head's input
         add_features_output(args.model / card.onnx_file)
         card.outputs[FEATURES] = FEATURES
@@ -282,7 +285,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, str]], x: np.ndarray,
                         -(model.ood_mu @ model.ood_p)])
     onnx_model = content_graph(mu=model.mu, sd=model.sd, a=a, b=b, ood_mu=model.ood_mu,
                                ood_basis=model.ood_basis, resid_scale=model.resid_scale,
-                               pool=args.pool)
+                               pool=args.pool, cells=cells)
     path = args.model / "content_qc.onnx"
     onnx.save(onnx_model, str(path))
     # the graph must reproduce the numpy model
@@ -291,7 +294,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, str]], x: np.ndarray,
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     raw = np.load(args.work / "features.npy")[:64].astype(np.float32)
     got = sess.run(["scores"], {"features": raw})[0]
-    want = model.scores(pooled(raw, args.pool))
+    want = model.scores(pooled(raw, args.pool, cells))
     if not np.allclose(got, want, atol=1e-2, rtol=1e-3):
         raise SystemExit(f"content graph differs from numpy: {np.abs(got - want).max()}")
     sources = sorted({r["source"] for r in rows})

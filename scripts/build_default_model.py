@@ -11,19 +11,27 @@ Steps, each with the package's own pipeline:
    (no dependencies) and convert its Keras ImageNet Xception backbone to a timm
    ``legacy_xception`` safetensors file (``scripts/convert_keras_xception.py``, which
    documents the provenance and verifies the conversion).
-2. ``xrayage train --head ridge --grid 3 --ridge-views 2``: the Xception backbone,
-   truncated after block 11 and frozen; every block's output (blocks 1-11) is
-   average-pooled over a 3 x 3 grid of cells, and all cell means feed one linear head
+2. ``xrayage train --head ridge --grid G --ridge-views 2``, for G = 3 and 6: the Xception
+   backbone, truncated after block 11 and frozen; every block's output (blocks 1-11) is
+   average-pooled over a G x G grid of cells, and all cell means feed one linear head
    solved by ridge regression on each training image and two randomly augmented views of
    it (penalty by patient-grouped 5-fold CV on the training patients' original images).
-   Grid and views were chosen by nested CV on the training patients and a check on
+   The two probes' ages are averaged: a 3 x 3 cell is the mean of four 6 x 6 cells, so the
+   mean is one linear head on the 6 x 6 cell means
+   (:func:`xrayage.train.probe.merge_grid_probes`) and the CAM stays exact.
+   Grids and views were chosen by nested CV on the training patients and a check on
    another source (``experiments/``, ``docs/experiments.md``).
    NIH ChestX-ray14 images of adults only (the model refuses children), all of them:
    the error here still falls steeply with more training images (docs/experiments.md).
    ``--ridge-crossfit`` scores the same recipe by nested, patient-disjoint 5-fold
-   cross-fitting on those images (each fold's penalty chosen inside its training folds).
+   cross-fitting on those images (each fold's penalty chosen inside its training folds);
+   the two grids share the folds, so their averaged out-of-fold ages are the ensemble's.
+   A finished probe in WORK (``run_g3``, ``run_g6``) is reused.
 3. ``xrayage export --fp16-weights``: ONNX, verified against torch on real images,
    float16 weight storage (the repository limit is 50 MB).
+   Content checks already in the output directory (``scripts/build_content_qc.py``) are
+   kept: they read the global means of the backbone's maps, which the grid does not change
+   (:func:`xrayage.train.onnx_graph.retarget_content_graph`).
 4. On the out-of-fold predictions: metrics with 95% patient-bootstrap intervals, by sex,
    view and age band; the bias correction and the 90% conformal interval are fitted
    there and written into the model card. The exported model is also scored on another
@@ -77,6 +85,48 @@ def _validation(rows: list[dict], median: float) -> dict:
     return {**out, "ci95": ci, "patients": len(set(patients)), "groups": groups}
 
 
+def _mean_oof(runs: list[Path]) -> list[dict]:
+    """The runs' out-of-fold predictions averaged per image (the same folds: checked)."""
+    tables = []
+    for run in runs:
+        with open(run / "probe_oof.csv", newline="") as handle:
+            tables.append({r["path"]: r for r in csv.DictReader(handle)})
+    first = tables[0]
+    for table in tables[1:]:
+        if table.keys() != first.keys() or any(
+                table[p]["fold"] != first[p]["fold"] for p in first):
+            raise SystemExit("the grids' out-of-fold predictions differ in images or folds")
+    return [{**row, "xray_age": float(np.mean([float(t[p]["xray_age"]) for t in tables]))}
+            for p, row in first.items()]
+
+
+def _content_checks(model_dir: Path) -> tuple[bytes, dict] | None:
+    """The content checks already in `model_dir` (graph and card section), if any: they
+    read the global means of the backbone's maps, which a new head does not change."""
+    card_file = model_dir / "model_card.json"
+    if not (model_dir / "content_qc.onnx").is_file() or not card_file.is_file():
+        return None
+    section = json.loads(card_file.read_text()).get("content_checks")
+    return ((model_dir / "content_qc.onnx").read_bytes(), section) if section else None
+
+
+def _restore_content_checks(model_dir: Path, graph: bytes, section: dict) -> None:
+    """Put the content checks back after an export, for the new model's grid (the same
+    scores: :func:`xrayage.train.onnx_graph.retarget_content_graph`)."""
+    import onnx
+
+    from xrayage.card import ContentCheckSpec, ModelCard, sha256_file
+    from xrayage.train.onnx_graph import retarget_content_graph
+
+    card = ModelCard.load(model_dir)
+    model = retarget_content_graph(onnx.load_from_string(graph),
+                                   int(card.extra.get("grid", 1)) ** 2)
+    onnx.save(model, str(model_dir / "content_qc.onnx"))
+    section["sha256"] = sha256_file(model_dir / "content_qc.onnx")
+    card.content_checks = ContentCheckSpec(**section)
+    card.save(model_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
@@ -84,8 +134,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path,
                         default=REPO / "src" / "xrayage" / "models" / "xrayage-default")
     parser.add_argument("--image-size", type=int, default=294)
-    parser.add_argument("--grid", type=int, default=3,
-                        help="cells per side of the pooling grid (docs/experiments.md)")
+    parser.add_argument("--grids", default="3,6",
+                        help="one ridge probe per pooling grid (cells per side), their ages "
+                             "averaged as one head on the finest grid (docs/experiments.md)")
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="hold these patients out and score the exported model on them "
                              "too (0.2: the earlier 80/20 evaluation of the same recipe)")
@@ -104,25 +155,38 @@ def main() -> None:
     from xrayage.evaluate import evaluate
     from xrayage.train.export import export
     from xrayage.train.fit import TrainConfig
-    from xrayage.train.probe import fit_linear_probe
+    from xrayage.train.probe import fit_linear_probe, merge_grid_probes
 
     args.work.mkdir(parents=True, exist_ok=True)
     weights = imagenet_weights(args.work)
     manifest = args.shared.resolve() / "manifest.csv"
     data = f"manifest:{manifest}?source=nih_cxr14"
-    run = args.work / "run"
-    cfg = TrainConfig(data=[data], out=str(run), backbone="legacy_xception",
-                      image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS,
-                      grid=args.grid, ridge_views=2, ridge_crossfit=True,
-                      init_weights=str(weights), adults_only=True,
-                      val_fraction=args.val_fraction, seed=SEED, num_workers=0, progress=False)
-    checkpoint = fit_linear_probe(cfg)
+    grids = sorted(int(g) for g in args.grids.split(","))
+    runs = {}
+    for grid in grids:  # each probe once: a finished run in WORK is reused
+        run = args.work / f"run_g{grid}"
+        runs[grid] = run
+        if (run / "checkpoints" / "probe.ckpt").is_file() and (run / "probe_oof.csv").is_file():
+            print(f"grid {grid}: reusing {run}")
+            continue
+        cfg = TrainConfig(data=[data], out=str(run), backbone="legacy_xception",
+                          image_size=args.image_size, feature_levels=[1, 2, 3], taps=TAPS,
+                          grid=grid, ridge_views=2, ridge_crossfit=True,
+                          init_weights=str(weights), adults_only=True,
+                          val_fraction=args.val_fraction, seed=SEED, num_workers=0,
+                          progress=False, cache_dir=str(args.work / "cache"))
+        fit_linear_probe(cfg)
+    run = runs[grids[-1]]
+    checkpoint = merge_grid_probes([r / "checkpoints" / "probe.ckpt" for r in runs.values()],
+                                   args.work / "grids.ckpt")
+    content = _content_checks(args.out)
     export(checkpoint, args.out, name="xrayage-default", fp16_weights=True)
+    if content is not None:
+        _restore_content_checks(args.out, *content)
 
-    run_info = json.loads((run / "run.json").read_text())
-    median = run_info["train_median_age"]
-    with open(run / "probe_oof.csv", newline="") as handle:
-        oof = list(csv.DictReader(handle))
+    run_info = {g: json.loads((r / "run.json").read_text()) for g, r in runs.items()}
+    median = run_info[grids[-1]]["train_median_age"]
+    oof = _mean_oof(list(runs.values()))
     card = calibrate_card(ModelCard.load(args.out),
                           xray_age=np.array([float(r["xray_age"]) for r in oof]),
                           age_years=np.array([float(r["age_years"]) for r in oof]),
@@ -133,10 +197,15 @@ def main() -> None:
     validation = _validation(oof, median)
     validation["method"] = (
         "nested 5-fold patient-disjoint cross-fitting of the whole recipe on the training "
-        "images (each fold's penalty chosen by an inner patient-grouped CV)")
-    card.metrics.update(validation=validation, probe_alpha=run_info["probe_alpha"],
-                        train_cv_mae=run_info["probe_train_cv_mae"],
-                        crossfit_alphas=run_info["probe_crossfit_alphas"])
+        "images (each fold's penalty chosen by an inner patient-grouped CV; the grids' "
+        "out-of-fold ages averaged, over the same folds)")
+    validation["grids"] = {str(g): _validation(_mean_oof([r]), median)["mae"]
+                           for g, r in runs.items()}
+    card.metrics.update(
+        validation=validation,
+        probe_alpha={str(g): i["probe_alpha"] for g, i in run_info.items()},
+        train_cv_mae={str(g): i["probe_train_cv_mae"] for g, i in run_info.items()},
+        crossfit_alphas={str(g): i["probe_crossfit_alphas"] for g, i in run_info.items()})
     if args.val_fraction:
         held = evaluate(data, model=args.out, split="val", run_dir=run, adults_only=True)
         card.metrics["held_out"] = _validation(held.predictions, median)
@@ -145,13 +214,15 @@ def main() -> None:
                      adults_only=True)
     card.metrics["other_source"] = _validation(other.predictions, median)
     card.metrics["other_source"]["data"] = "COVID-19 image collection, adults (evaluation only)"
+    sizes = " and ".join(f"{g} x {g}" for g in grids)
     card.description = (
         "X-ray age from a frontal chest radiograph. Frozen ImageNet Xception (truncated after "
-        f"block 11); the outputs of blocks 1-11, average-pooled over a {args.grid} x {args.grid} "
-        "grid of cells, "
-        "feed one ridge-regression head (fitted on each training image and two randomly "
-        "augmented views of it), so the class activation map is exact. Trained on "
-        f"{run_info['train_images']} adult NIH ChestX-ray14 images; validation metrics are "
+        f"block 11); the outputs of blocks 1-11, average-pooled over grids of {sizes} cells, "
+        "each feed a ridge-regression head (fitted on each training image and two randomly "
+        "augmented views of it); the heads' ages are averaged, which is one linear head on "
+        f"the {grids[-1]} x {grids[-1]} cell means, so the class activation map is exact. "
+        f"Trained on {run_info[grids[-1]]['train_images']} adult NIH ChestX-ray14 images; "
+        "validation metrics are "
         "out-of-fold (patient-disjoint, nested cross-fitting of the same recipe), and the "
         "bias correction and conformal interval are fitted on those out-of-fold "
         "predictions. Built by scripts/build_default_model.py."
@@ -169,7 +240,8 @@ def main() -> None:
     card.limits = [
         "Adults (18 y and over) only; children are refused by the quality checks.",
         "Frontal (PA/AP) chest radiographs only.",
-        f"Trained on {run_info['train_images']} images of one hospital system (NIH, USA); "
+        f"Trained on {run_info[grids[-1]]['train_images']} images of one hospital system "
+        "(NIH, USA); "
         "expect larger errors on other populations and equipment.",
         "Research use only; not a medical device.",
     ]

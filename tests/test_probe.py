@@ -74,6 +74,67 @@ def test_dual_ridge_in_column_chunks_is_the_ridge_on_standardised_features(
                                atol=1e-3)
 
 
+def test_grid_probes_merge_into_one_head_on_the_finest_grid(tmp_path: Path) -> None:
+    from xrayage.train.probe import finer_grid_weights, merge_grid_probes
+
+    torch.manual_seed(0)
+    nets = {g: AgeNet("resnet18", 1, (2, 3), grid=g, image_size=64, init_age=a,
+                      age_scale=s).eval()
+            for g, a, s in ((2, 50.0, 10.0), (4, 45.0, 12.0))}  # other units per probe
+    nets[4].backbone.load_state_dict(nets[2].backbone.state_dict())  # one frozen backbone
+    paths = []
+    for g, net in nets.items():
+        with torch.no_grad():
+            net.head.weight.normal_(0, 0.05)
+            net.head.bias.fill_(0.3 * g)
+        hp = {"backbone": "resnet18", "feature_levels": (2, 3), "taps": None, "spec": None,
+              "grid": g}
+        paths.append(tmp_path / f"g{g}.ckpt")
+        torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                    "hyper_parameters": hp}, paths[-1])
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        feats = nets[2].features(x)
+        coarse, fine = nets[2].pool(feats).double(), nets[4].pool(feats).double()
+        w = torch.from_numpy(finer_grid_weights(nets[2].head.weight[0].double().numpy(), 2, 4))
+        torch.testing.assert_close(fine @ w, coarse @ nets[2].head.weight[0].double())
+        expected = (nets[2](x)[0] + nets[4](x)[0]) / 2
+        merged = AgeNet("resnet18", 1, (2, 3), grid=4, image_size=64).eval()
+        state = torch.load(merge_grid_probes(paths, tmp_path / "m.ckpt"), weights_only=True)
+        merged.load_state_dict({k[4:]: v for k, v in state["state_dict"].items()})
+        age, _, cam = merged.forward_with_cam(x)
+    torch.testing.assert_close(age, expected, atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(cam.mean((1, 2)) + merged.age_bias(), age, atol=1e-3, rtol=1e-6)
+    with pytest.raises(ValueError, match="not a coarsening"):
+        finer_grid_weights(np.zeros(9), 3, 4)
+
+
+def test_content_graph_retargeted_to_a_finer_grid_scores_the_same() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from xrayage.train.onnx_graph import content_graph, retarget_content_graph
+
+    rng = np.random.default_rng(0)
+    maps = torch.from_numpy(rng.normal(size=(4, 5, 12, 12)))  # 5 channels
+    by_grid = {g: torch.nn.functional.adaptive_avg_pool2d(maps, g).flatten(1).numpy()
+               for g in (3, 6)}
+    graph = content_graph(mu=rng.normal(size=5), sd=rng.uniform(1, 2, 5),
+                          a=rng.normal(size=(5, 4)), b=rng.normal(size=4),
+                          ood_mu=rng.normal(size=5), ood_basis=rng.normal(size=(5, 2)),
+                          resid_scale=2.0, cells=9)
+
+    def scores(model: object, x: np.ndarray) -> np.ndarray:
+        session = ort.InferenceSession(model.SerializeToString())  # type: ignore[attr-defined]
+        return session.run(["scores"], {"features": x.astype(np.float32)})[0]
+
+    np.testing.assert_allclose(scores(retarget_content_graph(graph, 36), by_grid[6]),
+                               scores(graph, by_grid[3]), rtol=1e-5, atol=1e-5)
+    kept = content_graph(mu=np.zeros(5), sd=np.ones(5), a=np.zeros((5, 1)), b=np.zeros(1),
+                         ood_mu=np.zeros(5), ood_basis=np.zeros((5, 1)), resid_scale=1.0,
+                         pool="grid")
+    with pytest.raises(ValueError, match="refit"):
+        retarget_content_graph(kept, 36)
+
+
 def test_ridge_views_need_the_ridge_head(tmp_path: Path) -> None:
     from xrayage.train.fit import TrainConfig, train_model
 

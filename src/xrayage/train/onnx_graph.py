@@ -61,7 +61,7 @@ def add_features_output(path: str | Path, age_output: str = "age") -> None:
 
 def content_graph(*, mu: np.ndarray, sd: np.ndarray, a: np.ndarray, b: np.ndarray,
                   ood_mu: np.ndarray, ood_basis: np.ndarray, resid_scale: float,
-                  pool: str = "gap") -> Any:
+                  pool: str = "gap", cells: int = 9) -> Any:
     """The content checks' graph: ``features`` (N, D) -> ``scores`` (N, m + 1).
 
     ``xs = (pool(features) - mu) / sd``; ``scores = [xs @ a + b, r]`` with
@@ -81,7 +81,9 @@ def content_graph(*, mu: np.ndarray, sd: np.ndarray, a: np.ndarray, b: np.ndarra
     resid_scale : float
         Mean squared residual of frontal adult films.
     pool : {'gap', 'grid'}
-        ``gap`` averages the model's 3 x 3 grid cells per channel first (D = 9 P).
+        ``gap`` averages the model's grid cells per channel first (D = cells · P).
+    cells : int
+        Grid cells per channel of the model's features (9 for a 3 x 3 grid).
 
     Returns
     -------
@@ -97,7 +99,7 @@ def content_graph(*, mu: np.ndarray, sd: np.ndarray, a: np.ndarray, b: np.ndarra
     nodes = []
     source = FEATURES
     if pool == "gap":
-        inits += [numpy_helper.from_array(np.array([0, -1, 9], np.int64), "cells"),
+        inits += [numpy_helper.from_array(np.array([0, -1, cells], np.int64), "cells"),
                   numpy_helper.from_array(np.array([2], np.int64), "cell_axis")]
         nodes += [helper.make_node("Reshape", [FEATURES, "cells"], ["grid"]),
                   helper.make_node("ReduceMean", ["grid", "cell_axis"], ["pooled"],
@@ -127,4 +129,26 @@ def content_graph(*, mu: np.ndarray, sd: np.ndarray, a: np.ndarray, b: np.ndarra
     return model
 
 
-__all__ = ["FEATURES", "add_features_output", "content_graph"]
+def retarget_content_graph(model: Any, cells: int) -> Any:
+    """A ``gap`` content graph for a model of the same backbone and blocks with another grid:
+    only the cells averaged per channel change, so the scores are the same (the mean of a
+    map's g² equal cells is the map's mean for every g).
+
+    Raises
+    ------
+    ValueError
+        The graph does not average grid cells (``pool='grid'``).
+    """
+    onnx = require("onnx", "train", "building the content checks")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, init in enumerate(out.graph.initializer):
+        if init.name == "cells":
+            out.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(
+                np.array([0, -1, cells], np.int64), "cells"))
+            onnx.checker.check_model(out)
+            return out
+    raise ValueError("the content graph keeps the grid cells: refit it for another grid")
+
+
+__all__ = ["FEATURES", "add_features_output", "content_graph", "retarget_content_graph"]

@@ -347,6 +347,58 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     return path
 
 
+def finer_grid_weights(weight: np.ndarray, grid: int, finer: int) -> np.ndarray:
+    """A head on ``grid x grid`` cell means as the same head on ``finer x finer`` ones.
+
+    A cell of the coarse grid is the mean of its ``(finer / grid)²`` finer cells (maps that
+    split into equal finer cells split into equal coarse ones too), so each coarse weight is
+    spread evenly over them: ``finer_features @ result == coarse_features @ weight``.
+    """
+    if finer % grid:
+        raise ValueError(f"a {grid} x {grid} grid is not a coarsening of {finer} x {finer}")
+    k = finer // grid
+    cells = np.asarray(weight, np.float64).reshape(-1, grid, grid)
+    return (np.repeat(np.repeat(cells, k, axis=1), k, axis=2) / k**2).reshape(-1)
+
+
+def merge_grid_probes(checkpoints: Sequence[str | Path], out: str | Path) -> Path:
+    """One checkpoint whose age is the mean of ridge probes on several grids of one frozen
+    backbone (same blocks): each head is written on the finest grid's cell means
+    (:func:`finer_grid_weights`) and the heads are averaged in years, so the ensemble is one
+    linear head and its class activation map stays exact.
+
+    Returns
+    -------
+    Path
+        `out`, a checkpoint of the finest grid's network with the averaged head.
+    """
+    loaded = [torch.load(str(c), map_location="cpu", weights_only=True) for c in checkpoints]
+    hparams = [c["hyper_parameters"] for c in loaded]
+    keys = ("backbone", "feature_levels", "taps", "spec")
+    if any(any(h.get(k) != hparams[0].get(k) for k in keys) for h in hparams):
+        raise ValueError(f"the probes differ in {keys}: only grids may differ")
+    finest = max(range(len(loaded)), key=lambda i: int(hparams[i]["grid"]))
+    grid = int(hparams[finest]["grid"])
+    weight, bias = np.zeros(0), 0.0
+    for ckpt, hp in zip(loaded, hparams, strict=True):
+        state = ckpt["state_dict"]
+        scale, shift = float(state["net.age_scale"]), float(state["net.age_shift"])
+        w = state["net.head.weight"][0].double().numpy() * scale
+        fine = finer_grid_weights(w, int(hp["grid"]), grid) / len(loaded)
+        weight = fine if not weight.size else weight + fine
+        bias += (float(state["net.head.bias"][0]) * scale + shift) / len(loaded)
+    merged = loaded[finest]
+    state = merged["state_dict"]
+    scale, shift = float(state["net.age_scale"]), float(state["net.age_shift"])
+    state["net.head.weight"][0] = torch.from_numpy(weight / scale).float()
+    state["net.head.bias"][0] = (bias - shift) / scale
+    merged["grids"] = [int(h["grid"]) for h in hparams]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(merged, path)
+    return path
+
+
 def cached_images(cache: ImageCache, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
     """The cached images of `samples`.
 
