@@ -197,7 +197,8 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
     new.version = f"{card.version}+adapted"
     calibrate_card(new, xray_age=nested.oof, age_years=y, groups=patients, views=data.view,
                    sexes=data.sex, fold=nested.fold.tolist(), coverage=cover, seed=seed)
-    warnings = _warnings(len(y), recipe, head is not None, gain, cv_mae, min_ridge_images)
+    warnings = _warnings(len(y), recipe, head is not None, gain, cv_mae, min_ridge_images,
+                         pooled is not None)
     base_sha = card.onnx_sha256 or sha256_file(base_dir / card.onnx_file)
     local = {"images": len(y), "patients": n_patients, "age_min": float(y.min()),
              "age_max": float(y.max()), "age_mean": float(y.mean()),
@@ -320,14 +321,16 @@ def _read_prior(model: AgeModel, prior: str | os.PathLike[str] | Sequence[Sample
 
 
 def _warnings(n: int, recipe: Recipe, linear: bool, gain: dict[str, Any],
-              cv_mae: dict[Recipe, float], min_ridge: int) -> list[str]:
+              cv_mae: dict[Recipe, float], min_ridge: int, prior: bool) -> list[str]:
     out = []
     if n < FEW_IMAGES:
         out.append(f"only {n} usable images: adaptation rarely helps below {FEW_IMAGES}, "
                    "and its before/after has wide intervals")
     if linear and n < min_ridge:
-        out.append(f"fewer than {min_ridge} images: only the recalibrations were tried, "
-                   "no ridge update of the head")
+        out.append(f"fewer than {min_ridge} images: only the recalibrations"
+                   + (" and the pooled ridge" if prior else "") + " were tried, no ridge "
+                   "update of the head, each kept only when it beat the model by half a "
+                   "standard error")
     if recipe.kind == "base":
         out.append("no recipe beat the base model on the site's cross-validation: the "
                    "adapted model keeps the base head (its interval and bias correction are "
