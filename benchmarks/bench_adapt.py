@@ -88,7 +88,8 @@ def main() -> None:
         start = time.perf_counter()
         train = read_site(model, load_site(prior_spec))
         assert train.features is not None
-        prior = fit_prior(train.features, train.age, train.patients)
+        prior = fit_prior(train.features, train.age, train.patients,
+                          grid=int(model.card.extra.get("grid", 1)))
         print(f"prior: {prior.images} training images ({prior.patients} patients), "
               f"alpha {prior.alpha:.4g}, {time.perf_counter() - start:.0f} s")
     rng = np.random.default_rng(args.seed)

@@ -254,6 +254,23 @@ def test_pooled_ridge_is_one_ridge_on_the_training_and_the_site_images() -> None
         fit_recipes(x_s, y_s, base, recipes)
 
 
+def test_pooled_ridge_of_a_finer_grid_model_reads_its_3_x_3_means() -> None:
+    from xrayage.cells import coarsen_features
+
+    rng = np.random.default_rng(1)
+    fine_t, fine_s = rng.normal(size=(40, 4 * 36)), rng.normal(size=(12, 4 * 36))
+    y_t, y_s = rng.uniform(20, 80, 40), rng.uniform(20, 80, 12)
+    patients = [f"p{i // 2}" for i in range(40)]
+    prior = fit_prior(fine_t, y_t, patients, grid=6)
+    coarse = fit_prior(coarsen_features(fine_t, 6, 3), y_t, patients, grid=3)
+    assert (prior.grid, prior.cells) == (6, 3) and prior.alpha == pytest.approx(coarse.alpha)
+    w_fine, b_fine = prior.pooled(fine_s, y_s, prior.alpha)
+    w_coarse, b_coarse = coarse.pooled(coarsen_features(fine_s, 6, 3), y_s, coarse.alpha)
+    assert w_fine.shape == (4 * 36,) and b_fine == pytest.approx(b_coarse, abs=1e-3)
+    np.testing.assert_allclose(fine_s @ w_fine, coarsen_features(fine_s, 6, 3) @ w_coarse,
+                               atol=1e-3)
+
+
 # ----------------------------------------------------------------------- the graph
 
 

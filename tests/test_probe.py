@@ -75,7 +75,8 @@ def test_dual_ridge_in_column_chunks_is_the_ridge_on_standardised_features(
 
 
 def test_grid_probes_merge_into_one_head_on_the_finest_grid(tmp_path: Path) -> None:
-    from xrayage.train.probe import finer_grid_weights, merge_grid_probes
+    from xrayage.cells import coarsen_features, finer_grid_weights
+    from xrayage.train.probe import merge_grid_probes
 
     torch.manual_seed(0)
     nets = {g: AgeNet("resnet18", 1, (2, 3), grid=g, image_size=64, init_age=a,
@@ -98,6 +99,8 @@ def test_grid_probes_merge_into_one_head_on_the_finest_grid(tmp_path: Path) -> N
         coarse, fine = nets[2].pool(feats).double(), nets[4].pool(feats).double()
         w = torch.from_numpy(finer_grid_weights(nets[2].head.weight[0].double().numpy(), 2, 4))
         torch.testing.assert_close(fine @ w, coarse @ nets[2].head.weight[0].double())
+        np.testing.assert_allclose(coarsen_features(fine.numpy(), 4, 2), coarse.numpy(),
+                                   rtol=1e-6, atol=1e-9)
         expected = (nets[2](x)[0] + nets[4](x)[0]) / 2
         merged = AgeNet("resnet18", 1, (2, 3), grid=4, image_size=64).eval()
         state = torch.load(merge_grid_probes(paths, tmp_path / "m.ckpt"), weights_only=True)

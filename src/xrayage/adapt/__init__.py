@@ -218,6 +218,7 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
         "recipe": recipe.to_dict(), "lambda": recipe.to_dict()["lambda"],
         "prior": None if pooled is None else {
             "images": pooled.images, "patients": pooled.patients, "alpha": pooled.alpha,
+            "grid": pooled.cells,
             "what": "the base model's training images, pooled with the site's (no path or "
                     "identifier of them kept)"},
         "lambda_units": "mean diagonal of the site's standardised Gram matrix",
@@ -317,7 +318,8 @@ def _read_prior(model: AgeModel, prior: str | os.PathLike[str] | Sequence[Sample
                          f"prior images to {check.max():.3g} y only")
     logger.info("prior: %d images of %d patients (%d left out)", len(data.age),
                 len(set(data.patients)), data.images_read - len(data.age))
-    return fit_prior(data.features, data.age, data.patients, seed)
+    return fit_prior(data.features, data.age, data.patients, seed,
+                     grid=int(model.card.extra.get("grid", 1)))
 
 
 def _warnings(n: int, recipe: Recipe, linear: bool, gain: dict[str, Any],

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cells import finer_grid_weights
 from ..datasets import Sample
 from ..folds import assign_folds
 from .cache import ImageCache
@@ -345,20 +346,6 @@ def fit_linear_probe(cfg: TrainConfig, folds: int = 5) -> Path:
     logger.info("linear probe: alpha %.3g, train CV MAE %.2f, val MAE %s", alpha,
                 result["probe_train_cv_mae"], result.get("best_val_mae"))
     return path
-
-
-def finer_grid_weights(weight: np.ndarray, grid: int, finer: int) -> np.ndarray:
-    """A head on ``grid x grid`` cell means as the same head on ``finer x finer`` ones.
-
-    A cell of the coarse grid is the mean of its ``(finer / grid)²`` finer cells (maps that
-    split into equal finer cells split into equal coarse ones too), so each coarse weight is
-    spread evenly over them: ``finer_features @ result == coarse_features @ weight``.
-    """
-    if finer % grid:
-        raise ValueError(f"a {grid} x {grid} grid is not a coarsening of {finer} x {finer}")
-    k = finer // grid
-    cells = np.asarray(weight, np.float64).reshape(-1, grid, grid)
-    return (np.repeat(np.repeat(cells, k, axis=1), k, axis=2) / k**2).reshape(-1)
 
 
 def merge_grid_probes(checkpoints: Sequence[str | Path], out: str | Path) -> Path:
