@@ -135,7 +135,8 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
     prior : path, dataset spec or sequence of Sample, optional
         The base model's own training images (for the bundled model: its adult NIH
         ChestX-ray14 images). They go through the same pipeline once, and the pooled
-        ridge recipes (:mod:`.prior`) join the candidates. Needs a linear head.
+        ridge (:mod:`.prior`) replaces the ridge candidates. Needs a linear head and at
+        least `min_ridge_images` usable site images (else it is not read).
 
     Returns
     -------
@@ -159,7 +160,7 @@ def adapt(site: str | os.PathLike[str] | Sequence[Sample], out: str | os.PathLik
     started = time.perf_counter()
     data = read_site(base_model, samples, features=head is not None, batch_size=batch_size)
     pooled = None
-    if prior is not None and head is not None:
+    if prior is not None and head is not None and len(data.age) >= min_ridge_images:
         pooled = _read_prior(base_model, prior, head, batch_size, seed)
     patients = data.patients
     n_patients = len(set(patients))
@@ -329,10 +330,9 @@ def _warnings(n: int, recipe: Recipe, linear: bool, gain: dict[str, Any],
         out.append(f"only {n} usable images: adaptation rarely helps below {FEW_IMAGES}, "
                    "and its before/after has wide intervals")
     if linear and n < min_ridge:
-        out.append(f"fewer than {min_ridge} images: only the recalibrations"
-                   + (" and the pooled ridge" if prior else "") + " were tried, no ridge "
-                   "update of the head, each kept only when it beat the model by half a "
-                   "standard error")
+        out.append(f"fewer than {min_ridge} images: only the recalibrations were tried, "
+                   "no ridge update of the head"
+                   + (" (the prior was not used)" if prior else ""))
     if recipe.kind == "base":
         out.append("no recipe beat the base model on the site's cross-validation: the "
                    "adapted model keeps the base head (its interval and bias correction are "
