@@ -13,7 +13,10 @@ on_features=...)``), and chooses among these recipes by patient-grouped cross-va
   head, in the site-standardised feature space: minimise
   ``‖y − anchor − Zδ‖² + λ‖δ‖²``, i.e. ``‖y − Xw‖² + λ‖w − w₀'‖²`` with ``w₀'`` the anchor's
   head, the penalty measured per standardised feature (λ in units of the mean diagonal
-  of the site's Gram matrix).
+  of the site's Gram matrix);
+- ``pooled(α×1)``, with ``prior=`` (the base model's own training images) and instead of
+  the ridge updates: the head refitted on the training images and the site's together
+  (:mod:`.prior`).
 
 The CV error is averaged over three fold draws; below :data:`MIN_RIDGE_IMAGES` images
 only the recalibrations are tried, and kept only when they beat the model by half a
@@ -31,7 +34,8 @@ and the before/after, and no image path or identifier of the site. A model witho
 linear head on an exported ``features`` output (an imported TorchScript model) gets the
 recalibration recipes only, appended to its graph, and its card says so.
 
-The package: :mod:`.recipes` (the candidates and their CV), :mod:`.head` (the graph's
+The package: :mod:`.recipes` (the candidates and their CV), :mod:`.prior` (the pooled
+ridge), :mod:`.head` (the graph's
 linear head), :mod:`.site` (the site's films and scores), :mod:`.report`; :func:`adapt`
 ties them together. Needs numpy, onnxruntime and ``onnx`` (the ``analysis`` extra;
 matplotlib draws the report's plots); no torch.
