@@ -14,8 +14,6 @@ All on loopback; skipped when ``storescu`` or ``Orthanc`` is absent.
 from __future__ import annotations
 
 import csv
-import io
-import json
 import os
 import shutil
 import signal
@@ -42,9 +40,9 @@ from xrayage.outputs import read_dicom_sr
 
 from .dicom_factory import make_dataset
 from .onnx_factory import build_tiny_model
+from .pacs_support import ORTHANC, OrthancServer
 from .serve_support import free_port
 from .shared import NEMA, SIIM, SIIM_MONO1
-from .test_orthanc import ORTHANC, orthanc_config
 
 STORESCU = shutil.which("storescu")
 N_IMAGES = 100
@@ -117,57 +115,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Corpus:
     return Corpus(files, sop_uids, {s for s in secrets if len(s) >= 5})
 
 
-class Orthanc:
-    """A real Orthanc on loopback that only the xrayage node may store into."""
+def instance_count(orthanc: OrthancServer) -> int:
+    """Instances Orthanc holds (-1 while it does not answer)."""
+    try:
+        return len(orthanc.client.get("/instances").json())
+    except httpx.TransportError:
+        return -1
 
-    def __init__(self, root: Path, node_port: int) -> None:
-        self.root, self.http_port, self.dicom_port = root, free_port(), free_port()
-        (root / "orthanc.json").write_text(json.dumps(
-            orthanc_config(root, self.http_port, self.dicom_port, node_port), indent=2))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=30)
 
-    def start(self) -> None:
-        log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen([str(ORTHANC), str(self.root / "orthanc.json")],
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
-        log.close()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if self.client.get("/system").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, (
-                (self.root / "orthanc.log").read_text(errors="replace")[-3000:])
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def instance_count(self) -> int:
-        try:
-            return len(self.client.get("/instances").json())
-        except httpx.TransportError:
-            return -1
-
-    def sources_of_srs(self) -> list[str]:
-        """The source SOP Instance UID of every SR stored (duplicates kept)."""
-        sources = []
-        for instance in self.client.get("/instances").json():
-            raw = self.client.get(f"/instances/{instance}/file").content
-            ds = dcmread(io.BytesIO(raw))
-            assert ds.Modality == "SR"
-            sources.append(read_dicom_sr(ds).source_sop_instance_uid)
-        return sources
+def sources_of_srs(orthanc: OrthancServer) -> list[str]:
+    """The source SOP Instance UID of every SR stored (duplicates kept); all are SRs."""
+    srs = orthanc.srs()
+    assert len(srs) == instance_count(orthanc)
+    return [read_dicom_sr(ds).source_sop_instance_uid for ds in srs]
 
 
 class Node:
@@ -241,9 +201,11 @@ def wait_for(predicate: object, timeout_s: float, what: str, node: Node) -> None
 
 
 @pytest.fixture
-def setup(tmp_path: Path, model_dir: Path) -> Iterator[tuple[Node, Orthanc]]:
+def setup(tmp_path: Path, model_dir: Path) -> Iterator[tuple[Node, OrthancServer]]:
     node_port = free_port()
-    orthanc = Orthanc(tmp_path, node_port)
+    # only the xrayage node, from loopback, may store into it
+    orthanc = OrthancServer(tmp_path, [], DicomModalities={
+        "xrayage": ["XRAYAGE", "127.0.0.1", node_port]})
     node = Node(tmp_path, node_port, model_dir, orthanc.dicom_port)
     orthanc.start()
     try:
@@ -252,16 +214,15 @@ def setup(tmp_path: Path, model_dir: Path) -> Iterator[tuple[Node, Orthanc]]:
         if node.proc is not None:
             node.proc.kill()
             node.proc.wait(10)
-        orthanc.stop()
-        orthanc.client.close()
+        orthanc.close()
 
 
-def check_exactly_once(node: Node, orthanc: Orthanc, corpus: Corpus) -> None:
+def check_exactly_once(node: Node, orthanc: OrthancServer, corpus: Corpus) -> None:
     wait_for(lambda: node.done() >= N_IMAGES and node.queued() == 0, 240, "the spool to drain",
              node)
-    wait_for(lambda: orthanc.instance_count() >= N_IMAGES, 60, "100 SRs in Orthanc", node)
+    wait_for(lambda: instance_count(orthanc) >= N_IMAGES, 60, "100 SRs in Orthanc", node)
     time.sleep(2)  # nothing more may arrive
-    sources = orthanc.sources_of_srs()
+    sources = sources_of_srs(orthanc)
     assert len(sources) == N_IMAGES
     assert sorted(sources) == sorted(corpus.sop_uids)  # one each, none duplicated
     assert node.dead() == []
@@ -272,7 +233,7 @@ def check_exactly_once(node: Node, orthanc: Orthanc, corpus: Corpus) -> None:
 
 
 @pytest.mark.parametrize("parallel", [1, 8], ids=["one-association", "8-associations"])
-def test_sigterm_part_way_then_restart(setup: tuple[Node, Orthanc], corpus: Corpus,
+def test_sigterm_part_way_then_restart(setup: tuple[Node, OrthancServer], corpus: Corpus,
                                        parallel: int) -> None:
     node, orthanc = setup
     node.start()
@@ -295,12 +256,12 @@ def test_sigterm_part_way_then_restart(setup: tuple[Node, Orthanc], corpus: Corp
     assert node.log.read_text(errors="replace").count("result object(s) sent to") == N_IMAGES
 
 
-def test_destination_down_for_30_s_loses_nothing(setup: tuple[Node, Orthanc],
+def test_destination_down_for_30_s_loses_nothing(setup: tuple[Node, OrthancServer],
                                                   corpus: Corpus) -> None:
     node, orthanc = setup
     node.start()
     senders = storescu(node.port, corpus.files, 1)
-    wait_for(lambda: orthanc.instance_count() >= 20, 120, "20 SRs", node)
+    wait_for(lambda: instance_count(orthanc) >= 20, 120, "20 SRs", node)
     orthanc.stop()
     down_since = time.monotonic()
     for sender in senders:  # the node keeps accepting while the PACS is down

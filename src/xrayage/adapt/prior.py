@@ -35,7 +35,8 @@ POOLED_GRID = 3
 """The finest grid (cells per side) the pooled ridge reads."""
 ALPHA_FACTORS = (1.0,)
 """The pooled recipes' penalties, in units of the training images' CV-chosen one (×3 as
-well only made the choice noisier on covid_idc subsets: 9.09 against 8.97 y nested)."""
+well only made the choice noisier on a covid_idc subset of 200 images, previous model's
+features: 9.09 against 8.97 y nested)."""
 
 
 @dataclass
